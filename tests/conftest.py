@@ -1,0 +1,61 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+WORDS = (
+    "a an the is are of in at to and with there image picture describe detail what colour shape "
+    "red green blue yellow purple orange white circle square triangle cross diamond star small large "
+    "top bottom left right center one two three four yes no answer question using single word phrase "
+    "option letter from given choices directly how many objects background noisy thin marks"
+)
+
+
+def make_tokenizer():
+    """A word-level tokenizer with the vicuna chat template (tests do not depend on the world)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    from victor.data.templates import TEMPLATE_TEXT, VICUNA_CHAT_TEMPLATE
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    words = set()
+    for w in (WORDS + " " + TEMPLATE_TEXT + " a b c d 0 1 2 3 4 5 6 7 8 9 ? . , ( )").lower().split():
+        words.update(t for t, _ in pre.pre_tokenize_str(w))
+    vocab = {t: i for i, t in enumerate(specials + sorted(words))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.WordPiece(prefix="##")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", additional_special_tokens=["<image>"])
+    fast.chat_template = VICUNA_CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def backbones(tmp_path_factory):
+    """Saved tiny CLIP + Llama directories: the real from_pretrained path, no network."""
+    from victor.tiny import save_backbones
+
+    out = tmp_path_factory.mktemp("backbones")
+    return save_backbones(out, make_tokenizer(), image_size=32, patch_size=8, vision_hidden=32,
+                          llm_hidden=64, vision_layers=1, llm_layers=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(backbones):
+    from victor.model.assemble import build_model
+
+    return build_model(*backbones)

@@ -1,0 +1,133 @@
+"""`victor` command line: each subcommand parses, calls one function, prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _synth(args):
+    from victor.data.world import WorldConfig, generate_world
+
+    cfg = WorldConfig(seed=args.seed, n_train=args.n_train, n_val=args.n_val, image_size=args.image_size)
+    paths = generate_world(args.output, cfg)
+    print(json.dumps({k: str(v) for k, v in vars(paths).items()} if hasattr(paths, "__dict__") else str(paths), indent=2))
+
+
+def _train(args, rest):
+    from victor.train.run import train_from_recipe
+
+    print(train_from_recipe(args.recipe, rest))
+
+
+def _chat(args):
+    from victor.infer import Generator
+
+    gen = Generator(args.model)
+    images = [args.image] * len(args.question)
+    for q, a in zip(args.question, gen(images if args.image else [None] * len(args.question), args.question,
+                                       max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                       temperature=args.temperature, top_p=args.top_p, seed=args.seed)):
+        print(f"Q: {q}\nA: {a}")
+
+
+def _eval(args):
+    from victor.eval.run import format_summary_table, run_benchmark
+    from victor.infer import Generator
+
+    gen = Generator(args.model)
+    out = args.output or os.path.join(args.model, "eval", args.benchmark)
+    summary = run_benchmark(
+        args.benchmark, args.data, args.image_root,
+        lambda images, prompts: gen(images, prompts, max_new_tokens=args.max_new_tokens),
+        out, batch_size=args.batch_size, limit=args.limit,
+    )
+    print(format_summary_table(summary))
+
+
+def _compare(args):
+    from victor.eval.run import compare_runs
+
+    print(compare_runs(args.runs))
+
+
+def _demo(args, rest):
+    from victor.demo import main as demo_main
+
+    demo_main(rest)
+
+
+def _bench(args, rest):
+    from victor.bench import main as bench_main
+
+    bench_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="victor", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate the tiny image world (LLaVA JSON + images + benchmarks)")
+    s.add_argument("--output", default="world")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n-train", type=int, default=2000)
+    s.add_argument("--n-val", type=int, default=200)
+    s.add_argument("--image-size", type=int, default=64)
+
+    s = sub.add_parser("train", help="run one stage from a YAML recipe; --any_option value overrides it",
+                       add_help=False)
+    s.add_argument("recipe", nargs="?")
+
+    s = sub.add_parser("chat", help="ask a checkpoint about an image")
+    s.add_argument("--model", required=True)
+    s.add_argument("--image")
+    s.add_argument("question", nargs="+")
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--top-p", type=float, default=0.9)
+    s.add_argument("--seed", type=int, default=None)
+
+    s = sub.add_parser("eval", help="score a checkpoint on a benchmark in its official format")
+    s.add_argument("--model", required=True)
+    s.add_argument("--benchmark", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--image-root")
+    s.add_argument("--output")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--limit", type=int)
+    s.add_argument("--max-new-tokens", type=int, default=16)
+
+    s = sub.add_parser("compare", help="benchmark summaries side by side")
+    s.add_argument("runs", nargs="+")
+
+    sub.add_parser("demo", help="the main job: tiny world -> stages -> eval -> report", add_help=False)
+    sub.add_parser("bench", help="benchmarks: `victor bench matching`", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command in ("train", "demo", "bench"):
+        if args.command == "train" and (args.recipe in (None, "-h", "--help")):
+            from transformers import HfArgumentParser
+
+            from victor.config import ARGUMENT_CLASSES
+
+            HfArgumentParser(ARGUMENT_CLASSES).print_help()
+            return
+        {"train": _train, "demo": _demo, "bench": _bench}[args.command](args, rest)
+    elif rest:
+        raise SystemExit(f"unknown arguments: {' '.join(rest)}")
+    else:
+        {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Stage 1.5: visual comprehension via token reconstruction (ViCToR, formerly Croc).
+
+Per image, as in the paper:
+
+1. encode and project the image; keep a detached copy as the reconstruction target;
+2. mask a fixed share of its visual tokens, uniformly at random;
+3. match every masked token to a row of the learnable visual token pool (Hungarian:
+   one-to-one, minimum total Euclidean cost; or nearest row);
+4. replace the masked tokens with their pool rows and run the LLM, with causal,
+   bidirectional-visual or prefix attention;
+5. loss = LM cross-entropy on the caption + weight * SmoothL1(head(hidden at visual
+   positions), target).
+
+This module takes tensors and returns tensors. It knows nothing of files or Trainer. Image
+positions come from `input_ids == image_token_id`; everything is a batched tensor op.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.masking_utils import create_causal_mask
+
+from victor.model import matching
+
+ATTENTION_MODES = ("causal", "bidirectional-visual", "prefix")
+POOL_INITS = ("tokens", "unit", "paper")
+
+
+@dataclass
+class ComprehensionConfig:
+    pool_size: int = 2048
+    pool_init: str = "tokens"  # tokens: rows seeded from the first batch's visual tokens; unit; paper (std-1 normal)
+    mask_ratio: float = 0.75
+    matching: str = "hungarian"  # hungarian | nearest
+    attention: str = "causal"  # causal | bidirectional-visual | prefix
+    recon_head: str = "linear"  # linear (ViCToR) | transformer (Croc)
+    recon_target: str = "projector"  # projector (normalised projector output) | vision (encoder features)
+    recon_positions: str = "all"  # all (published) | masked
+    recon_weight: float = 10.0
+    recon_beta: float = 0.01
+
+    def validate(self, n_visual: int) -> None:
+        """Raise a configuration error before training starts, never mid-run."""
+        choices = {
+            "pool_init": POOL_INITS,
+            "matching": ("hungarian", "nearest"),
+            "attention": ATTENTION_MODES,
+            "recon_head": ("linear", "transformer"),
+            "recon_target": ("projector", "vision"),
+            "recon_positions": ("all", "masked"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"comprehension.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if not 0.0 < self.mask_ratio <= 1.0:
+            raise ValueError(f"comprehension.mask_ratio={self.mask_ratio} must be in (0, 1]")
+        n_masked = self.masked_count(n_visual)
+        if self.matching == "hungarian" and self.pool_size < n_masked:
+            raise ValueError(
+                f"Hungarian matching is one-to-one: the pool has {self.pool_size} rows but "
+                f"{n_masked} of {n_visual} visual tokens per image are masked; raise pool_size "
+                f"to >= {n_masked} or lower mask_ratio"
+            )
+
+    def masked_count(self, n_visual: int) -> int:
+        return max(1, round(self.mask_ratio * n_visual))
+
+
+class ReconstructionHead(nn.Module):
+    """`linear` (ViCToR) or `transformer`: learned positions + one layer + linear (Croc)."""
+
+    def __init__(self, kind: str, hidden: int, out: int, n_visual: int, n_heads: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "transformer":
+            self.positions = nn.Parameter(torch.zeros(n_visual, hidden))
+            nn.init.normal_(self.positions, std=0.02)
+            heads = math.gcd(n_heads, hidden)
+            self.layer = nn.TransformerEncoderLayer(
+                hidden, heads, dim_feedforward=4 * hidden, batch_first=True, norm_first=True, dropout=0.0
+            )
+        self.proj = nn.Linear(hidden, out)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [images, n_visual, hidden]
+        if self.kind == "transformer":
+            hidden = self.layer(hidden + self.positions)
+        return self.proj(hidden)
+
+
+def random_token_mask(n_images: int, n_visual: int, n_masked: int, device, generator=None) -> torch.Tensor:
+    """Exactly `n_masked` of each image's `n_visual` positions, uniformly at random. -> bool [images, n_visual]."""
+    scores = torch.rand(n_images, n_visual, device=device, generator=generator)
+    chosen = scores.argsort(dim=1)[:, :n_masked]
+    return torch.zeros(n_images, n_visual, dtype=torch.bool, device=device).scatter_(1, chosen, True)
+
+
+def block_ids(input_ids, attention_mask, labels, image_token_id: int, n_visual: int, mode: str):
+    """Per-token block ids for transformers' blockwise overlay: equal ids >= 0 see each other."""
+    if mode == "causal":
+        return None
+    if mode == "bidirectional-visual":
+        is_image = input_ids == image_token_id
+        ordinal = (is_image.cumsum(dim=1) - 1) // n_visual  # which image of the sample
+        return torch.where(is_image, ordinal, -1)
+    # prefix: everything before the first supervised token is one bidirectional block
+    supervised = labels != -100
+    first = torch.where(supervised.any(dim=1), supervised.int().argmax(dim=1), labels.shape[1])
+    in_prefix = torch.arange(labels.shape[1], device=labels.device)[None, :] < first[:, None]
+    return torch.where(in_prefix & attention_mask.bool(), 0, -1)
+
+
+def build_attention_mask(text_config, inputs_embeds, attention_mask, position_ids, blocks):
+    """4-D mask in the format of the active attention implementation (eager/sdpa/flex)."""
+    if blocks is None:
+        return attention_mask
+    return create_causal_mask(
+        config=text_config,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        past_key_values=None,
+        position_ids=position_ids,
+        block_sequence_ids=blocks,
+    )
+
+
+class VisualComprehension(nn.Module):
+    """Pool + reconstruction head + the stage-1.5 forward around a LLaVA model."""
+
+    def __init__(self, llava, config: ComprehensionConfig):
+        super().__init__()
+        self.settings = config
+        self.llava = llava
+        lcfg = llava.config
+        self.n_visual = lcfg.image_seq_length
+        config.validate(self.n_visual)
+        hidden = lcfg.text_config.hidden_size
+        self.pool = nn.Parameter(torch.empty(config.pool_size, hidden))
+        self.register_buffer("pool_ready", torch.tensor(config.pool_init != "tokens"))
+        self.register_buffer("usage", torch.zeros(config.pool_size, dtype=torch.long))
+        self._init_pool()
+        target_dim = hidden if config.recon_target == "projector" else lcfg.vision_config.hidden_size
+        self.head = ReconstructionHead(
+            config.recon_head, hidden, target_dim, self.n_visual, lcfg.text_config.num_attention_heads
+        )
+
+    # -- pool ---------------------------------------------------------------------------------
+    def _init_pool(self):
+        with torch.no_grad():
+            nn.init.normal_(self.pool, std=1.0)  # `paper`: row norm ~ sqrt(hidden)
+            if self.settings.pool_init == "unit":
+                self.pool.copy_(F.normalize(self.pool, dim=-1))
+
+    @torch.no_grad()
+    def _seed_pool_from(self, tokens: torch.Tensor):
+        """`tokens` init: rows are visual tokens of the first batch (+1% noise), same scale as tokens."""
+        flat = tokens.reshape(-1, tokens.shape[-1]).float()
+        pick = torch.randint(0, flat.shape[0], (self.pool.shape[0],), device=flat.device)
+        if flat.shape[0] >= self.pool.shape[0]:
+            pick = torch.randperm(flat.shape[0], device=flat.device)[: self.pool.shape[0]]
+        rows = flat[pick]
+        rows = rows + 0.01 * rows.norm(dim=-1, keepdim=True).mean() * torch.randn_like(rows) / math.sqrt(rows.shape[-1])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(rows, src=0)  # every rank starts from rank 0's rows
+        self.pool.copy_(rows.to(self.pool.dtype))
+        self.pool_ready.fill_(True)
+
+    # -- the method ---------------------------------------------------------------------------
+    def mask_and_match(self, tokens: torch.Tensor):
+        """tokens [images, n_visual, hidden] -> (replaced tokens, mask, matched rows, costs)."""
+        n_images, n_visual, hidden = tokens.shape
+        n_masked = self.settings.masked_count(n_visual)
+        mask = random_token_mask(n_images, n_visual, n_masked, tokens.device)
+        masked = tokens[mask].view(n_images, n_masked, hidden)  # positions in ascending order
+        cost = matching.euclidean_cost(masked.detach(), self.pool.detach())
+        rows = matching.assign(cost, self.settings.matching)  # [images, n_masked], no gradient
+        row_cost = cost.gather(-1, rows.unsqueeze(-1)).squeeze(-1)
+        # gradient reaches exactly the gathered pool rows; masked_scatter fills in row-major order
+        replaced = tokens.masked_scatter(mask.unsqueeze(-1), self.pool[rows].to(tokens.dtype))
+        return replaced, mask, rows, row_cost
+
+    def forward(self, input_ids, attention_mask, labels, pixel_values, num_items_in_batch=None, **kwargs):
+        llava, lcfg = self.llava, self.llava.config
+        vision_out = llava.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        tokens = torch.stack(list(vision_out.pooler_output))  # [images, n_visual, hidden]
+        if not bool(self.pool_ready):
+            self._seed_pool_from(tokens.detach())
+        target = self._target(tokens, vision_out)
+        replaced, mask, rows, row_cost = self.mask_and_match(tokens)
+
+        is_image = input_ids == lcfg.image_token_id
+        embeds = llava.get_input_embeddings()(input_ids)
+        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), replaced.reshape(-1, replaced.shape[-1]).to(embeds.dtype))
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        blocks = block_ids(input_ids, attention_mask, labels, lcfg.image_token_id, self.n_visual, self.settings.attention)
+        attn = build_attention_mask(lcfg.text_config, embeds, attention_mask, position_ids, blocks)
+
+        hidden = llava.model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids).last_hidden_state
+        logits = llava.lm_head(hidden)
+        lm_loss = llava.loss_function(
+            logits=logits, labels=labels, vocab_size=lcfg.text_config.vocab_size, num_items_in_batch=num_items_in_batch
+        )
+        visual_hidden = hidden[is_image].view(*tokens.shape[:2], -1)
+        per_position = self.reconstruction_error(self.head(visual_hidden), target)
+        weights = mask.float() if self.settings.recon_positions == "masked" else torch.ones_like(per_position)
+        recon_loss = (per_position * weights).sum() / weights.sum()
+        loss = lm_loss + self.settings.recon_weight * recon_loss
+        return {
+            "loss": loss,
+            "logits": logits,
+            "lm_loss": lm_loss.detach(),
+            "recon_loss": recon_loss.detach(),
+            "stats": self._stats(rows, row_cost, per_position.detach(), mask),
+        }
+
+    def _target(self, tokens, vision_out):
+        if self.settings.recon_target == "projector":
+            return F.normalize(tokens.detach().float(), dim=-1)
+        strategy = self.llava.config.vision_feature_select_strategy
+        feats = vision_out.hidden_states[self.llava.config.vision_feature_layer]
+        return (feats[:, 1:] if strategy == "default" else feats).detach().float()
+
+    def reconstruction_error(self, prediction, target):
+        """SmoothL1(beta) per visual position, averaged over channels -> [images, n_visual]."""
+        err = F.smooth_l1_loss(prediction.float(), target, beta=self.settings.recon_beta, reduction="none")
+        return err.mean(dim=-1)
+
+    @torch.no_grad()
+    def _stats(self, rows, row_cost, per_position, mask):
+        self.usage += torch.bincount(rows.flatten(), minlength=self.usage.numel())
+        counts = torch.bincount(rows.flatten(), minlength=self.usage.numel()).float()
+        p = counts / counts.sum()
+        entropy = -(p[p > 0] * p[p > 0].log()).sum()
+        run_p = self.usage.float() / self.usage.sum()
+        run_entropy = -(run_p[run_p > 0] * run_p[run_p > 0].log()).sum()
+        rows_per_image = ((rows.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1).float().mean()
+        return {
+            "pool/rows_used_batch": float((counts > 0).sum()),
+            "pool/rows_used_run": float((self.usage > 0).sum()),
+            "pool/perplexity_batch": float(entropy.exp()),
+            "pool/perplexity_run": float(run_entropy.exp()),
+            "pool/distinct_rows_per_image": float(rows_per_image),
+            "match/mean_cost": float(row_cost.mean()),
+            "recon/masked": float(per_position[mask].mean()),
+            "recon/visible": float(per_position[~mask].mean()) if (~mask).any() else float("nan"),
+        }
+
+    # -- what leaves the stage -------------------------------------------------------------
+    def extra_state_dict(self) -> dict[str, torch.Tensor]:
+        """Pool, head and counters: saved beside the LLaVA checkpoint so stage 1.5 can resume."""
+        state = {"pool": self.pool.detach(), "pool_ready": self.pool_ready, "usage": self.usage}
+        state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        return state
+
+    def load_extra_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.pool.copy_(state["pool"])
+            self.pool_ready.copy_(state["pool_ready"])
+            self.usage.copy_(state["usage"])
+        self.head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+
+    # Trainer reads `config` and calls these on the model it trains
+    @property
+    def config(self):
+        return self.llava.config
+
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.llava.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self):
+        self.llava.gradient_checkpointing_disable()

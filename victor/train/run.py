@@ -1,0 +1,95 @@
+"""Run one stage: assemble or load the model, apply the stage, train with HF Trainer, save."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from victor.config import parse_recipe
+from victor.data.collate import LlavaCollator
+from victor.data.llava import LlavaDataset
+from victor.model.assemble import build_model, load_model
+from victor.model.comprehension import VisualComprehension
+from victor.train.stages import apply_freezing, resolve_stage
+from victor.train.trainer import VictorTrainer, write_stage_record
+
+log = logging.getLogger(__name__)
+
+
+def make_model(model_args):
+    if model_args.init_from:
+        model, processor = load_model(model_args.init_from, attn_implementation=model_args.attn_implementation)
+        if model_args.chat_template:
+            from victor.model.assemble import prepare_tokenizer
+
+            prepare_tokenizer(processor.tokenizer, model_args.chat_template)
+            processor.chat_template = processor.tokenizer.chat_template
+        return model, processor
+    if not (model_args.vision and model_args.llm):
+        raise SystemExit("set either init_from (a previous stage's output) or both vision and llm")
+    return build_model(
+        model_args.vision,
+        model_args.llm,
+        tokenizer=model_args.tokenizer,
+        vision_feature_layer=model_args.vision_feature_layer,
+        vision_feature_select_strategy=model_args.vision_feature_select_strategy,
+        normalize_projector=model_args.normalize_projector,
+        chat_template=model_args.chat_template,
+        attn_implementation=model_args.attn_implementation,
+    )
+
+
+def train_stage(model_args, data_args, stage_args, comp_args, training_args, callbacks=None) -> str:
+    """Train one stage; returns the output directory holding a stock LLaVA checkpoint."""
+    stage = resolve_stage(stage_args.stage, stage_args.train_vision, stage_args.comprehension, data_args.template)
+    model, processor = make_model(model_args)
+    trained = VisualComprehension(model, comp_args.to_config()) if stage.comprehension else model
+    counts = apply_freezing(trained, stage)
+    log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
+
+    dataset = LlavaDataset(data_args.data_path, data_args.image_root)
+    collator = LlavaCollator(processor, stage.template, data_args.max_length)
+    training_args.remove_unused_columns = False
+    trainer = VictorTrainer(
+        model=trained,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=callbacks,
+        module_lrs={
+            "projector": stage_args.projector_lr,
+            "llm": stage_args.llm_lr,
+            "vision": stage_args.vision_lr,
+            "pool": stage_args.pool_lr,
+            "head": stage_args.head_lr,
+        },
+    )
+    resume = training_args.resume_from_checkpoint
+    if resume == "auto":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(training_args.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(training_args.output_dir)
+    write_stage_record(
+        training_args.output_dir,
+        {
+            "stage": stage.name,
+            "trains": sorted(stage.trains),
+            "template": stage.template,
+            "comprehension": stage.comprehension,
+            "trainable_parameters": counts,
+            "skipped_samples": dict(collator.skipped) | dict(dataset.skipped),
+            "train_loss": result.training_loss,
+            "log_history": trainer.state.log_history,
+            "model": model_args,
+            "data": data_args,
+            "stage_args": stage_args,
+            "comprehension_config": comp_args if stage.comprehension else None,
+        },
+    )
+    return training_args.output_dir
+
+
+def train_from_recipe(recipe: str | Path | None, overrides: list[str] | None = None) -> str:
+    return train_stage(*parse_recipe(recipe, overrides))

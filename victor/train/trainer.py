@@ -1,0 +1,126 @@
+"""HF Trainer, composed with the stage: parameter groups, stage-1.5 losses, logging, saving.
+
+What leaves a stage is a stock LLaVA checkpoint (+ processor with chat template) in
+`output_dir`; in stage 1.5 the pool and head are written beside it in
+`comprehension.safetensors` so the stage can resume, and never inside the LLaVA weights.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer
+
+from victor.model.comprehension import VisualComprehension
+from victor.train.stages import MODULES, modules_of
+
+log = logging.getLogger(__name__)
+EXTRA_STATE = "comprehension.safetensors"
+
+
+class VictorTrainer(Trainer):
+    def __init__(self, *args, module_lrs: dict[str, float | None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.module_lrs = module_lrs or {}
+        self._extra_logs: dict[str, list[float]] = defaultdict(list)
+
+    # -- optimisation -------------------------------------------------------------------------
+    def create_optimizer(self, model=None):
+        """One group per (module, decay) so every module can have its own learning rate."""
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model if model is not None else self.model
+        owner = modules_of(model)
+        decay = set(self.get_decay_parameter_names(model))
+        groups = []
+        for module in MODULES:
+            lr = self.module_lrs.get(module) or self.args.learning_rate
+            for with_decay in (True, False):
+                params = [p for n, p in model.named_parameters()
+                          if p.requires_grad and owner[n] == module and (n in decay) == with_decay]
+                if params:
+                    groups.append({"params": params, "lr": lr, "module": module,
+                                   "weight_decay": self.args.weight_decay if with_decay else 0.0})
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
+
+    # -- loss -----------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        core = self.accelerator.unwrap_model(model)
+        if not isinstance(core, VisualComprehension):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        out = model(**inputs, num_items_in_batch=num_items_in_batch)
+        if model.training:
+            self._extra_logs["lm_loss"].append(float(out["lm_loss"]))
+            self._extra_logs["recon_loss"].append(float(out["recon_loss"]))
+            for key, value in out["stats"].items():
+                self._extra_logs[key].append(value)
+        loss = out["loss"]
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        return (loss, out) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._extra_logs:
+            for key, values in self._extra_logs.items():
+                logs[key] = round(sum(values) / len(values), 6)
+            self._extra_logs.clear()
+        collator = self.data_collator
+        if "loss" in logs and getattr(collator, "skipped", None) is not None:
+            logs["data/skipped"] = float(sum(collator.skipped.values()))
+        super().log(logs, *args, **kwargs)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        core = self.accelerator.unwrap_model(self.model)
+        if not isinstance(core, VisualComprehension):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        core.llava.save_pretrained(output_dir, safe_serialization=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in core.extra_state_dict().items()},
+                  os.path.join(output_dir, EXTRA_STATE))
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        core = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if not isinstance(core, VisualComprehension):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_llava_weights(core.llava, resume_from_checkpoint)
+        core.load_extra_state_dict(load_file(os.path.join(resume_from_checkpoint, EXTRA_STATE)))
+
+
+def load_llava_weights(llava, directory: str) -> None:
+    """Load the (possibly sharded) safetensors of a saved LLaVA into an existing model."""
+    files = sorted(Path(directory).glob("model*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no model*.safetensors to resume from")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = llava.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("lm_head") or not llava.config.tie_word_embeddings]
+    if missing or unexpected:
+        raise RuntimeError(f"{directory}: checkpoint does not match the model (missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]})")
+
+
+def write_stage_record(output_dir: str, record: dict) -> None:
+    """`victor_stage.json`: every argument of the stage, so a run can be reproduced or compared."""
+    def plain(v):
+        return v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
+
+    Path(output_dir, "victor_stage.json").write_text(
+        json.dumps({k: ({kk: plain(vv) for kk, vv in asdict(v).items()} if hasattr(v, "__dataclass_fields__")
+                        else plain(v)) for k, v in record.items()}, indent=2)
+    )

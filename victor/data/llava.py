@@ -43,6 +43,7 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     text = path.read_text(encoding="utf-8")
     try:
         records = json.loads(text)
+        records = [records] if isinstance(records, dict) else records  # a one-line JSONL file
     except json.JSONDecodeError:
         records = []
         for n, line in enumerate(text.splitlines(), 1):

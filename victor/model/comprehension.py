@@ -194,11 +194,7 @@ class VisualComprehension(nn.Module):
         is_image = input_ids == lcfg.image_token_id
         embeds = llava.get_input_embeddings()(input_ids)
         embeds = embeds.masked_scatter(is_image.unsqueeze(-1), replaced.reshape(-1, replaced.shape[-1]).to(embeds.dtype))
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        blocks = block_ids(input_ids, attention_mask, labels, lcfg.image_token_id, self.n_visual, self.settings.attention)
-        attn = build_attention_mask(lcfg.text_config, embeds, attention_mask, position_ids, blocks)
-
-        hidden = llava.model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids).last_hidden_state
+        hidden = self.run_llm(embeds, input_ids, attention_mask, labels)
         logits = llava.lm_head(hidden)
         lm_loss = llava.loss_function(
             logits=logits, labels=labels, vocab_size=lcfg.text_config.vocab_size, num_items_in_batch=num_items_in_batch
@@ -215,6 +211,14 @@ class VisualComprehension(nn.Module):
             "recon_loss": recon_loss.detach(),
             "stats": self._stats(rows, row_cost, per_position.detach(), mask),
         }
+
+    def run_llm(self, embeds, input_ids, attention_mask, labels):
+        """Final hidden states of the LLM under this stage's attention mode."""
+        lcfg = self.llava.config
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        blocks = block_ids(input_ids, attention_mask, labels, lcfg.image_token_id, self.n_visual, self.settings.attention)
+        attn = build_attention_mask(lcfg.text_config, embeds, attention_mask, position_ids, blocks)
+        return self.llava.model(inputs_embeds=embeds, attention_mask=attn, position_ids=position_ids).last_hidden_state
 
     def _target(self, tokens, vision_out):
         if self.settings.recon_target == "projector":

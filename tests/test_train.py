@@ -1,0 +1,135 @@
+"""A few real Trainer steps per stage: what is frozen, losses fall, checkpoints load in stock transformers."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from victor.config import parse_recipe
+from victor.train.run import train_from_recipe
+
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    (root / "img").mkdir()
+    captions, chat = [], []
+    for i in range(48):
+        colour = list(COLOURS)[i % 4]
+        Image.new("RGB", (32, 32), COLOURS[colour]).save(root / "img" / f"{i}.png")
+        captions.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": f"a {colour} image ."}]})
+        chat.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\ndescribe the image in detail ."},
+            {"from": "gpt", "value": f"the background is {colour} . there are no objects ."}]})
+    (root / "captions.json").write_text(json.dumps(captions))
+    (root / "chat.json").write_text(json.dumps(chat))
+    return root
+
+
+def common(data, out, data_file, steps=24, lr="5e-3"):
+    return ["--data_path", str(data / data_file), "--image_root", str(data / "img"), "--output_dir", str(out),
+            "--per_device_train_batch_size", "8", "--max_steps", str(steps), "--learning_rate", lr,
+            "--logging_steps", "6", "--report_to", "none", "--save_strategy", "no", "--use_cpu", "True",
+            "--seed", "0", "--warmup_steps", "0"]
+
+
+def losses(out, key="loss"):
+    history = json.loads((out / "victor_stage.json").read_text())["log_history"]
+    return [h[key] for h in history if key in h]
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def changed(before, after, part):
+    return any(not torch.equal(before[k], after[k]) for k in before if part in k)
+
+
+@pytest.fixture(scope="module")
+def stage_outputs(backbones, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    vision, llm = backbones
+    s1 = out / "s1"
+    train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm] + common(data, s1, "captions.json"))
+    s15 = out / "s15"
+    train_from_recipe(None, ["--stage", "1.5", "--init_from", str(s1), "--pool_size", "32", "--attention", "prefix",
+                             "--recon_head", "transformer", "--llm_lr", "2e-3"] + common(data, s15, "chat.json", 30, "2e-3"))
+    s2 = out / "s2"
+    train_from_recipe(None, ["--stage", "2", "--init_from", str(s15)] + common(data, s2, "chat.json", 48, "3e-3"))
+    return s1, s15, s2
+
+
+def test_stage1_trains_only_the_projector_and_loss_falls(stage_outputs, tiny_llava):
+    s1, _, _ = stage_outputs
+    record = json.loads((s1 / "victor_stage.json").read_text())
+    counts = record["trainable_parameters"]
+    assert counts["projector"] > 0 and counts["llm"] == counts["vision"] == 0
+    assert record["template"] == "plain"
+    trained = LlavaForConditionalGeneration.from_pretrained(s1).state_dict()
+    initial = tiny_llava[0].state_dict()
+    assert changed(initial, trained, "multi_modal_projector")
+    assert not changed(initial, trained, "language_model") and not changed(initial, trained, "vision_tower")
+    curve = losses(s1)
+    assert curve[-1] < curve[0] - 0.1, curve  # a random tiny LLM, only the projector moves
+
+
+def test_stage15_losses_fall_and_pool_is_saved_beside_a_stock_checkpoint(stage_outputs):
+    s1, s15, _ = stage_outputs
+    lm, recon = losses(s15, "lm_loss"), losses(s15, "recon_loss")
+    assert lm[-1] < lm[0] and recon[-1] < recon[0], (lm, recon)
+    assert losses(s15, "pool/rows_used_run")[-1] > 1
+    extra = load_file(str(s15 / "comprehension.safetensors"))
+    assert extra["pool"].shape == (32, 64) and "head.positions" in extra
+    stock = LlavaForConditionalGeneration.from_pretrained(s15)  # no pool/head keys inside
+    keys = set(load_file(str(s15 / "model.safetensors")))
+    assert not any("pool" in k or k.startswith("head.") for k in keys)
+    before = LlavaForConditionalGeneration.from_pretrained(s1).state_dict()
+    after = stock.state_dict()
+    assert changed(before, after, "language_model") and not changed(before, after, "vision_tower")
+
+
+def test_stage2_checkpoint_reloads_with_identical_logits(stage_outputs):
+    _, _, s2 = stage_outputs
+    record = json.loads((s2 / "victor_stage.json").read_text())
+    assert record["trainable_parameters"]["llm"] > 0 and record["trainable_parameters"]["pool"] == 0
+    model = LlavaForConditionalGeneration.from_pretrained(s2).eval()
+    processor = AutoProcessor.from_pretrained(s2)
+    text = processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "describe the image in detail ."}]}], add_generation_prompt=True)
+    inputs = processor(text=text, images=Image.new("RGB", (32, 32), COLOURS["blue"]), return_tensors="pt")
+    again = LlavaForConditionalGeneration.from_pretrained(s2).eval()
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+        out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    answer = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "blue" in answer, answer  # it learned the one fact in the data
+
+
+def test_per_module_learning_rates(backbones, data, tmp_path):
+    from victor.model.assemble import build_model
+    from victor.train.stages import apply_freezing, resolve_stage
+    from victor.train.trainer import VictorTrainer
+
+    model, processor = build_model(*backbones)
+    apply_freezing(model, resolve_stage("2", train_vision=True))
+    args = parse_recipe(None, common(data, tmp_path, "chat.json"))[-1]
+    trainer = VictorTrainer(model=model, args=args, processing_class=processor,
+                            module_lrs={"projector": 1e-3, "vision": 2e-6, "llm": None})
+    groups = {(g["module"], g["weight_decay"] > 0 or args.weight_decay == 0): g["lr"]
+              for g in trainer.create_optimizer().param_groups}
+    assert {m: lr for (m, _), lr in groups.items()} == {"projector": 1e-3, "vision": 2e-6, "llm": 5e-3}
+
+
+def test_recipe_yaml_with_cli_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: '1.5'\nllm: x\nvision: y\nmax_steps: 5\noutput_dir: o\nattention: prefix\n")
+    model, _, stage, comp, training = parse_recipe(recipe, ["--max_steps", "7", "--pool_size", "64"])
+    assert (stage.stage, training.max_steps, comp.attention, comp.pool_size, model.llm) == ("1.5", 7, "prefix", 64, "x")
+    with pytest.raises(SystemExit, match="--no_such_option"):
+        parse_recipe(recipe, ["--no_such_option", "1"])

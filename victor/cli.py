@@ -9,11 +9,16 @@ import sys
 
 
 def _synth(args):
-    from victor.data.world import WorldConfig, generate_world
+    from victor.data.world import WorldConfig
+    from victor.tiny import prepare_world
 
     cfg = WorldConfig(seed=args.seed, n_train=args.n_train, n_val=args.n_val, image_size=args.image_size)
-    paths = generate_world(args.output, cfg)
-    print(json.dumps({k: str(v) for k, v in vars(paths).items()} if hasattr(paths, "__dict__") else str(paths), indent=2))
+    paths, vision, llm = prepare_world(args.output, cfg)
+    print(f"world written to {paths.root}")
+    for name in ("stage1", "stage15", "stage2", "val_qa", "mmbench"):
+        print(f"  {name:8s} {getattr(paths, name)}")
+    print(f"  pope     {', '.join(str(p) for p in paths.pope.values())}")
+    print(f"  vision   {vision}\n  llm      {llm}")
 
 
 def _train(args, rest):

@@ -64,3 +64,62 @@ def save_backbones(out_dir: str | Path, tokenizer, *, vision: str = "clip", llm:
     AutoModelForCausalLM.from_config(tcfg).save_pretrained(out / "llm")
     tokenizer.save_pretrained(out / "llm")
     return str(out / "vision"), str(out / "llm")
+
+
+def pretrain_llm(llm_dir: str | Path, data_files: list[str | Path], steps: int = 300, seed: int = 0,
+                 batch_size: int = 32, learning_rate: float = 3e-3) -> float:
+    """Give the tiny LLM the language of its world, as a real LLM arrives pretrained.
+
+    Text-only causal LM training (HF Trainer) on the training conversations rendered with the
+    chat template, images removed. Saves back into `llm_dir`; returns the final training loss.
+    """
+    import tempfile
+
+    from transformers import AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from victor.data.llava import parse_record, read_records
+    from victor.data.templates import IMAGE_TOKEN
+
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    model = AutoModelForCausalLM.from_pretrained(llm_dir)
+    examples = []
+    for path in data_files:
+        for i, record in enumerate(read_records(path)):
+            _, messages, _ = parse_record(record, f"{path}[{i}]")
+            messages = [{**m, "content": m["content"].replace(IMAGE_TOKEN, "").strip()} for m in messages]
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+            examples.append({"input_ids": tokenizer(text, truncation=True, max_length=256)["input_ids"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
+                                 learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
+                                 logging_steps=max(1, steps // 5), save_strategy="no", report_to="none",
+                                 use_cpu=True, seed=seed, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=examples,
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
+        loss = trainer.train().training_loss
+    model.save_pretrained(llm_dir)
+    return loss
+
+
+def prepare_world(out_dir: str | Path, world=None, *, llm_layers: int = 2, vision_layers: int = 2, seed: int = 0,
+                  llm_pretrain_steps: int = 150):
+    """The tiny recipe's inputs in one call: the world, its tokenizer, and tiny backbones.
+
+    Writes `out_dir/{images,train,val}` (LLaVA JSON + benchmarks), `out_dir/backbones/vision`
+    (random init: a frozen random encoder still carries colour and layout) and
+    `out_dir/backbones/llm` (with the world's word-level tokenizer, text-pretrained on the
+    training conversations). Reuses what exists.
+    """
+    from victor.data.world import WorldConfig, build_tokenizer, ensure_world, world_texts
+
+    world = world or WorldConfig()
+    paths = ensure_world(out_dir, world)
+    backbones = Path(out_dir) / "backbones"
+    vision_dir, llm_dir = backbones / "vision", backbones / "llm"
+    if not (vision_dir / "config.json").exists() or not (llm_dir / "config.json").exists():
+        tokenizer = build_tokenizer(world_texts(out_dir))
+        save_backbones(backbones, tokenizer, image_size=world.image_size, vision_layers=vision_layers,
+                       llm_layers=llm_layers, seed=seed)
+        if llm_pretrain_steps:
+            pretrain_llm(llm_dir, [paths.stage15, paths.stage2], steps=llm_pretrain_steps, seed=seed)
+    return paths, str(vision_dir), str(llm_dir)

@@ -66,6 +66,20 @@ def save_backbones(out_dir: str | Path, tokenizer, *, vision: str = "clip", llm:
     return str(out / "vision"), str(out / "llm")
 
 
+def _told_choice(messages: list[dict]) -> list[list[dict]]:
+    """Multiple-choice turns rewritten so the answer is in the text ("the answer is red."):
+    a real LLM knows how to pick the letter of a stated option; the tiny one learns it here."""
+    import re
+
+    out = []
+    for user, reply in zip(messages[::2], messages[1::2]):
+        options = dict(re.findall(r"^([A-H])\. (.+)$", user["content"], flags=re.M))
+        if reply["role"] == "assistant" and reply["content"] in options:
+            told = f"the answer is {options[reply['content']]} .\n{user['content']}"
+            out.append([{"role": "user", "content": told}, reply])
+    return out
+
+
 def pretrain_llm(llm_dir: str | Path, data_files: list[str | Path], steps: int = 300, seed: int = 0,
                  batch_size: int = 32, learning_rate: float = 3e-3) -> float:
     """Give the tiny LLM the language of its world, as a real LLM arrives pretrained.
@@ -82,13 +96,14 @@ def pretrain_llm(llm_dir: str | Path, data_files: list[str | Path], steps: int =
 
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     model = AutoModelForCausalLM.from_pretrained(llm_dir)
-    examples = []
+    texts = []
     for path in data_files:
         for i, record in enumerate(read_records(path)):
             _, messages, _ = parse_record(record, f"{path}[{i}]")
             messages = [{**m, "content": m["content"].replace(IMAGE_TOKEN, "").strip()} for m in messages]
-            text = tokenizer.apply_chat_template(messages, tokenize=False)
-            examples.append({"input_ids": tokenizer(text, truncation=True, max_length=256)["input_ids"]})
+            texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+            texts += [tokenizer.apply_chat_template(m, tokenize=False) for m in _told_choice(messages)]
+    examples = [{"input_ids": tokenizer(t, truncation=True, max_length=256)["input_ids"]} for t in texts]
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
                                  learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
@@ -101,12 +116,75 @@ def pretrain_llm(llm_dir: str | Path, data_files: list[str | Path], steps: int =
     return loss
 
 
+class _RegionProbe(torch.nn.Module):
+    """Vision tower + linear probes reading colour/shape/size of each 3x3 grid region."""
+
+    def __init__(self, tower, image_size: int, n_colours: int, n_shapes: int, n_sizes: int):
+        super().__init__()
+        self.tower = tower
+        patch = tower.config.patch_size
+        side = image_size // patch
+        centres = (torch.arange(side) + 0.5) * patch
+        cell = (centres * 3 // image_size).long()  # grid row/col of each patch centre
+        region = (cell[:, None] * 3 + cell[None, :]).flatten()  # [patches]
+        onehot = torch.nn.functional.one_hot(region, 9).float()  # [patches, regions]
+        self.register_buffer("assign", (onehot / onehot.sum(0)).T)  # mean over each region's patches
+        hidden = tower.config.hidden_size
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n + 1) for n in (n_colours, n_shapes, n_sizes))
+
+    def forward(self, pixel_values, labels):  # labels [batch, 9, 3], 0 = empty region
+        tokens = self.tower(pixel_values).last_hidden_state
+        tokens = tokens[:, -self.assign.shape[1]:]  # patch tokens (drop a CLS if any)
+        regions = torch.einsum("rp,bph->brh", self.assign, tokens)
+        loss = sum(torch.nn.functional.cross_entropy(head(regions).flatten(0, 1), labels[..., i].flatten())
+                   for i, head in enumerate(self.heads))
+        return {"loss": loss}
+
+
+def pretrain_vision(vision_dir: str | Path, world_dir: str | Path, steps: int = 200, seed: int = 0,
+                    batch_size: int = 64, learning_rate: float = 2e-3) -> float:
+    """Give the tiny encoder local features, as a real encoder arrives pretrained.
+
+    Probes on patch tokens pooled per 3x3 grid region learn each region's object colour,
+    shape and size from the world's training scenes (HF Trainer). Saves back into
+    `vision_dir`; returns the final training loss. Validation images are never seen.
+    """
+    import tempfile
+
+    from PIL import Image
+    from transformers import AutoImageProcessor, Trainer, TrainingArguments
+
+    from victor.data.world import COLOUR_NAMES, SHAPES, SIZES, load_scenes
+
+    tower = AutoModel.from_pretrained(vision_dir)
+    processor = AutoImageProcessor.from_pretrained(vision_dir)
+    scenes = {k: v for k, v in load_scenes(world_dir).items() if k.startswith("train")}
+    vocab = [list(COLOUR_NAMES), list(SHAPES), list(SIZES)]
+    examples = []
+    for name, scene in scenes.items():
+        labels = torch.zeros(9, 3, dtype=torch.long)
+        for obj in scene["objects"]:
+            labels[obj["region"]] = torch.tensor([v.index(obj[k]) + 1 for v, k in zip(vocab, ("colour", "shape", "size"))])
+        with Image.open(Path(world_dir) / "images" / name) as img:
+            pixels = processor(img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        examples.append({"pixel_values": pixels, "labels": labels})
+    probe = _RegionProbe(tower, tower.config.image_size, *map(len, vocab))
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
+                                 learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
+                                 logging_steps=max(1, steps // 5), save_strategy="no", report_to="none",
+                                 use_cpu=True, seed=seed, disable_tqdm=True, remove_unused_columns=False)
+        loss = Trainer(model=probe, args=args, train_dataset=examples).train().training_loss
+    tower.save_pretrained(vision_dir)
+    return loss
+
+
 def prepare_world(out_dir: str | Path, world=None, *, llm_layers: int = 2, vision_layers: int = 2, seed: int = 0,
-                  llm_pretrain_steps: int = 150):
+                  llm_pretrain_steps: int = 150, vision_pretrain_steps: int = 200):
     """The tiny recipe's inputs in one call: the world, its tokenizer, and tiny backbones.
 
     Writes `out_dir/{images,train,val}` (LLaVA JSON + benchmarks), `out_dir/backbones/vision`
-    (random init: a frozen random encoder still carries colour and layout) and
+    (pretrained on the training scenes' regions) and
     `out_dir/backbones/llm` (with the world's word-level tokenizer, text-pretrained on the
     training conversations). Reuses what exists.
     """
@@ -122,4 +200,6 @@ def prepare_world(out_dir: str | Path, world=None, *, llm_layers: int = 2, visio
                        llm_layers=llm_layers, seed=seed)
         if llm_pretrain_steps:
             pretrain_llm(llm_dir, [paths.stage15, paths.stage2], steps=llm_pretrain_steps, seed=seed)
+        if vision_pretrain_steps:
+            pretrain_vision(vision_dir, out_dir, steps=vision_pretrain_steps, seed=seed)
     return paths, str(vision_dir), str(llm_dir)

@@ -145,6 +145,7 @@ class WorldPaths:
     stage2: Path
     val_qa: Path
     mmbench: Path
+    gqa: Path
     pope: dict[str, Path] = field(default_factory=dict)
     scenes: Path | None = None
     meta: Path | None = None
@@ -160,13 +161,14 @@ class WorldPaths:
             stage2=root / "train" / "stage2.json",
             val_qa=root / "val" / "qa.json",
             mmbench=root / "val" / "mmbench.tsv",
+            gqa=root / "val" / "gqa.jsonl",
             pope={k: root / "val" / "pope" / f"coco_pope_{k}.json" for k in POPE_KINDS},
             scenes=root / "scenes.json",
             meta=root / "meta.json",
         )
 
     def data_files(self) -> list[Path]:
-        return [self.stage1, self.stage15, self.stage2, self.val_qa, self.mmbench,
+        return [self.stage1, self.stage15, self.stage2, self.val_qa, self.mmbench, self.gqa,
                 *self.pope.values(), self.scenes, self.meta]
 
 
@@ -539,7 +541,7 @@ def _human(question: str, rng: np.random.Generator, first: bool, last_prob: floa
 
 
 def _stage2_record(name: str, scene: dict, rng: np.random.Generator, cfg: WorldConfig, freq: dict) -> dict:
-    kind = _pick(rng, ["open"] * 7 + ["mc"] * 4 + ["pope"] * 3 + ["multi"] * 6)
+    kind = _pick(rng, ["open"] * 5 + ["mc"] * 9 + ["pope"] * 3 + ["multi"] * 3)
     convs: list[dict] = []
     qtypes: list[str] = []
     if kind == "open":
@@ -766,6 +768,9 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
     _dump_json(paths.stage15, stage15)
     _dump_json(paths.stage2, stage2)
     _dump_json(paths.val_qa, qa)
+    # the same open questions in LLaVA's GQA jsonl layout, scored by the GQA reader (exact match)
+    _dump_jsonl(paths.gqa, [{"question_id": r["id"], "image": r["image"], "text": r["question"],
+                             "answer": r["answer"], "category": r["question_type"]} for r in qa])
     scenes = {f"train_{i:05d}.png": s for i, s in enumerate(train_scenes)}
     scenes.update({f"val_{i:05d}.png": s for i, s in enumerate(val_scenes)})
     _dump_json(paths.scenes, scenes)

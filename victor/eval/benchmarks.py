@@ -825,7 +825,7 @@ class GQASpec(BenchmarkSpec):
                 _require(rec, ("question_id", "image", "text"), path, f"line {i + 1}", self.format_name)
                 items.append(EvalItem(str(rec["question_id"]), _with_suffix(str(rec["text"]), SHORT_SUFFIX),
                                       _resolve(str(rec["image"]), root), rec.get("answer"),
-                                      {"structural": None, "semantic": None}))
+                                      {"structural": None, "semantic": None, "category": rec.get("category")}))
             return items
         data = _read_json(path, self.format_name)
         if not isinstance(data, dict):
@@ -854,8 +854,9 @@ class GQASpec(BenchmarkSpec):
     def score(self, items, predictions):
         usable, counts = self._split(items, predictions)
         correct = [M.gqa_exact_match(pred, item.answer) for item, pred in usable]
+        keys = ("structural", "semantic", "category")
         tables = {key: M.grouped_accuracy([item.meta.get(key) for item, _ in usable], correct)
-                  for key in ("structural", "semantic")}
+                  for key in keys if any(item.meta.get(key) is not None for item, _ in usable)}
         return {"metrics": {"accuracy": M.accuracy(correct), **counts}, "tables": tables}
 
 

@@ -16,16 +16,22 @@ WORDS = (
 )
 
 
-def make_tokenizer():
-    """A word-level tokenizer with the vicuna chat template (tests do not depend on the world)."""
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+          "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}"
+          "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def make_tokenizer(chatml: bool = False):
+    """A word-level tokenizer with the vicuna chat template, or a Qwen-like ChatML one."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
 
     from victor.data.templates import TEMPLATE_TEXT, VICUNA_CHAT_TEMPLATE
 
-    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<image>"] + (["<|im_start|>", "<|im_end|>"] if chatml else [])
     pre = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    words = set()
+    words = {"system", "user", "assistant"}
     for w in (WORDS + " " + TEMPLATE_TEXT + " a b c d 0 1 2 3 4 5 6 7 8 9 ? . , ( )").lower().split():
         words.update(t for t, _ in pre.pre_tokenize_str(w))
     vocab = {t: i for i, t in enumerate(specials + sorted(words))}
@@ -34,8 +40,8 @@ def make_tokenizer():
     tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece(prefix="##")
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", additional_special_tokens=["<image>"])
-    fast.chat_template = VICUNA_CHAT_TEMPLATE
+                                   unk_token="<unk>", additional_special_tokens=specials[4:])
+    fast.chat_template = CHATML if chatml else VICUNA_CHAT_TEMPLATE
     return fast
 
 

@@ -271,8 +271,8 @@ class VisualComprehension(nn.Module):
     def config(self):
         return self.llava.config
 
-    def gradient_checkpointing_enable(self, **kwargs):
-        self.llava.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, **kwargs):
+        self.llava.activation_checkpointing_enable(**kwargs)
 
-    def gradient_checkpointing_disable(self):
-        self.llava.gradient_checkpointing_disable()
+    def activation_checkpointing_disable(self):
+        self.llava.activation_checkpointing_disable()

@@ -1,0 +1,72 @@
+"""The published recipes parse, and their exact code path runs with tiny stand-ins of the same classes."""
+import json
+from importlib import resources
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+
+from victor.config import parse_recipe
+from victor.train.run import train_from_recipe
+from victor.tiny import save_backbones
+
+from conftest import make_tokenizer
+
+RECIPES = resources.files("victor") / "recipes"
+
+
+@pytest.mark.parametrize("name", ["croc-7b", "victor-7b", "tiny"])
+def test_recipes_parse_with_published_hyperparameters(name):
+    # bf16 recipes are validated against the hardware: parse as a CPU run would
+    parsed = {s: parse_recipe(RECIPES / name / f"{s}.yaml", ["--use_cpu", "True"])
+              for s in ("stage1", "stage1_5", "stage2")}
+    m1, _, st1, _, t1 = parsed["stage1"]
+    m15, d15, st15, c15, t15 = parsed["stage1_5"]
+    _, _, st2, _, t2 = parsed["stage2"]
+    assert (st1.stage, st15.stage, st2.stage) == ("1", "1.5", "2")
+    assert c15.mask_ratio == 0.75 and c15.matching == "hungarian" and c15.recon_weight == 10.0
+    assert c15.recon_beta == 0.01 and st15.pool_lr == 1.5e-4
+    if name == "tiny":
+        return
+    n_gpus = 8
+    assert t1.learning_rate == 1e-3 and t1.per_device_train_batch_size * n_gpus == 256
+    assert t15.per_device_train_batch_size * n_gpus == 128 and t2.per_device_train_batch_size * n_gpus == 128
+    assert m1.normalize_projector and c15.pool_size == 2048 and t15.bf16 and t15.activation_checkpointing
+    if name == "croc-7b":
+        assert (m1.vision, m1.llm) == ("openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5")
+        assert (c15.attention, c15.recon_head, st15.train_vision, t15.learning_rate) == ("prefix", "transformer", False, 2e-5)
+        assert d15.max_length == 8192
+    else:
+        assert (m1.vision, m1.llm) == ("google/siglip2-so400m-patch14-384", "Qwen/Qwen2.5-7B-Instruct")
+        assert m1.vision_feature_select_strategy == "full"
+        assert (c15.attention, c15.recon_head, st15.train_vision, st15.vision_lr) == ("causal", "linear", True, 2e-6)
+        assert (t15.learning_rate, st2.train_vision) == (1e-5, True)
+
+
+@pytest.mark.parametrize("name,vision,llm", [("croc-7b", "clip", "llama"), ("victor-7b", "siglip", "qwen2")])
+def test_recipe_code_path_with_tiny_stand_ins(name, vision, llm, tmp_path):
+    v, l = save_backbones(tmp_path / "bb", make_tokenizer(chatml=(llm == "qwen2")), vision=vision, llm=llm,
+                          image_size=32, patch_size=8, vision_hidden=32, llm_hidden=64, vision_layers=2, llm_layers=1)
+    (tmp_path / "img").mkdir()
+    records = []
+    for i in range(4):
+        Image.new("RGB", (32, 32), (60 * i, 20, 200)).save(tmp_path / "img" / f"{i}.png")
+        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\ndescribe the image ."}, {"from": "gpt", "value": "a blue image ."}]})
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    small = ["--data_path", str(tmp_path / "d.json"), "--image_root", str(tmp_path / "img"), "--max_steps", "2",
+             "--per_device_train_batch_size", "2", "--save_strategy", "no", "--report_to", "none", "--bf16", "False",
+             "--use_cpu", "True", "--dataloader_num_workers", "0", "--pool_size", "16", "--max_length", "256"]
+    out = {s: tmp_path / s for s in ("stage1", "stage1_5", "stage2")}
+    train_from_recipe(RECIPES / name / "stage1.yaml", small + ["--vision", v, "--llm", l, "--output_dir", str(out["stage1"])])
+    for prev, stage in (("stage1", "stage1_5"), ("stage1_5", "stage2")):
+        train_from_recipe(RECIPES / name / f"{stage}.yaml",
+                          small + ["--init_from", str(out[prev]), "--output_dir", str(out[stage])])
+    record = json.loads((out["stage1_5"] / "victor_stage.json").read_text())
+    assert record["trainable_parameters"]["vision"] == (0 if name == "croc-7b" else record["trainable_parameters"]["vision"])
+    assert (record["trainable_parameters"]["vision"] > 0) == (name == "victor-7b")
+    assert "pool" in load_file(str(out["stage1_5"] / "comprehension.safetensors"))
+    model = AutoModelForImageTextToText.from_pretrained(out["stage2"])
+    assert model.config.model_type == "victor_llava"  # both recipes normalise the projector
+    assert model.config.text_config.model_type == llm

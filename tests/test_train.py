@@ -133,3 +133,27 @@ def test_recipe_yaml_with_cli_override(tmp_path):
     assert (stage.stage, training.max_steps, comp.attention, comp.pool_size, model.llm) == ("1.5", 7, "prefix", 64, "x")
     with pytest.raises(SystemExit, match="--no_such_option"):
         parse_recipe(recipe, ["--no_such_option", "1"])
+
+
+def test_stage15_resume_from_checkpoint_is_exact(backbones, data, stage_outputs, tmp_path):
+    """Resuming from step 4 of 8 ends with the same weights, pool and head as the uninterrupted run."""
+    s1 = stage_outputs[0]
+    base = ["--stage", "1.5", "--init_from", str(s1), "--pool_size", "32", "--save_strategy", "steps",
+            "--save_steps", "4", "--data_seed", "0"]
+
+    def run(out, extra=()):
+        args = common(data, out, "chat.json", 8, "2e-3")
+        args[args.index("--save_strategy") + 1] = "steps"
+        train_from_recipe(None, base + args + list(extra))
+
+    import shutil
+
+    run(tmp_path / "full")
+    # what a run killed after step 4 leaves behind is the same checkpoint-4
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    run(tmp_path / "resumed", ["--resume_from_checkpoint", str(tmp_path / "resumed" / "checkpoint-4")])
+    for name in ("model.safetensors", "comprehension.safetensors"):
+        a, b = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "resumed" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), (name, key)

@@ -101,18 +101,9 @@ class VictorTrainer(Trainer):
 
 
 def load_llava_weights(llava, directory: str) -> None:
-    """Load the (possibly sharded) safetensors of a saved LLaVA into an existing model."""
-    files = sorted(Path(directory).glob("model*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{directory}: no model*.safetensors to resume from")
-    state = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = llava.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("lm_head") or not llava.config.tie_word_embeddings]
-    if missing or unexpected:
-        raise RuntimeError(f"{directory}: checkpoint does not match the model (missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]})")
+    """Load a saved LLaVA checkpoint into an existing model (transformers maps the key layout)."""
+    saved = type(llava).from_pretrained(directory, dtype=next(llava.parameters()).dtype)
+    llava.load_state_dict(saved.state_dict())
 
 
 def write_stage_record(output_dir: str, record: dict) -> None:

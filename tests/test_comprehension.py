@@ -166,13 +166,19 @@ def test_reconstruction_loss_matches_hand_computation(model):
         assert torch.allclose(out["loss"], out["lm_loss"] + 10.0 * expected, rtol=1e-5)
 
 
-def test_batch_mixing_images_and_text_only(model):
+@pytest.mark.parametrize("target", ["projector", "vision"])
+def test_batch_mixing_images_and_text_only(model, target):
     llava, processor = model
-    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, recon_head="transformer"))
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, recon_head="transformer", recon_target=target))
     out = vc(**caption_batch(processor, n=2, text_only=True))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and vc.head.positions.grad is not None
     assert out["stats"]["pool/rows_used_batch"] <= 24
+    assert vc.head.proj.out_features == (llava.config.text_config.hidden_size if target == "projector"
+                                          else llava.config.vision_config.hidden_size)
+    text_only = caption_batch(processor, n=0, text_only=True)
+    out = vc(**text_only)
+    assert float(out["recon_loss"]) == 0.0 and torch.isfinite(out["loss"])
 
 
 def test_default_init_is_image_dependent_and_paper_init_degenerates(model):

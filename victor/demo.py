@@ -21,10 +21,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-PRESETS = {  # world size, steps per stage, seeds
-    "quick": dict(n_train=600, n_val=60, stage1=60, stage15=60, stage2=150, seeds=1, pool_size=128),
-    "default": dict(n_train=2000, n_val=100, stage1=150, stage15=150, stage2=300, seeds=3, pool_size=256),
-    "full": dict(n_train=4000, n_val=300, stage1=300, stage15=600, stage2=1200, seeds=3, pool_size=256),
+PRESETS = {  # world size, backbone pretraining, steps per stage, seeds ("smoke" is for the tests)
+    "smoke": dict(n_train=24, n_val=6, llm_pretrain=4, vision_pretrain=4, stage1=3, stage15=3, stage2=3, seeds=1,
+                  pool_size=64),
+    "quick": dict(n_train=600, n_val=60, llm_pretrain=100, vision_pretrain=100, stage1=60, stage15=60, stage2=150,
+                  seeds=1, pool_size=128),
+    "default": dict(n_train=2000, n_val=100, llm_pretrain=150, vision_pretrain=200, stage1=150, stage15=150,
+                    stage2=300, seeds=3, pool_size=256),
+    "full": dict(n_train=4000, n_val=300, llm_pretrain=300, vision_pretrain=300, stage1=300, stage15=600,
+                 stage2=1200, seeds=3, pool_size=256),
 }
 # --ablate key=value -> comprehension option (recon=off sets the weight to zero)
 ABLATIONS = {"matching": "matching", "attention": "attention", "pool-init": "pool_init", "mask-ratio": "mask_ratio",
@@ -47,6 +52,7 @@ def parse_args(argv):
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", dest="preset", const="quick", help="~2 minute smoke run")
     size.add_argument("--full", action="store_const", dest="preset", const="full", help="longer, stronger evidence")
+    size.add_argument("--preset", choices=sorted(PRESETS), help="named size (smoke is for tests)")
     p.add_argument("--seeds", type=int, help="seeds per arm (default: 3; --quick: 1)")
     p.add_argument("--ablate", action="append", default=[], metavar="KEY=VALUE",
                    help=f"add an arm: victor with one option changed; keys: {', '.join(ABLATIONS)}, recon=off")
@@ -128,7 +134,9 @@ class Demo:
         p = self.preset
         self.log(f"preset {self.args.preset}: {len(self.arms)} arms x {self.seeds} seeds; output {self.root}")
         world_cfg = WorldConfig(seed=0, n_train=p["n_train"], n_val=p["n_val"])
-        self.world, vision, llm = self.timed("world", prepare_world, self.root / "world", world_cfg)
+        self.world, vision, llm = self.timed("world", prepare_world, self.root / "world", world_cfg,
+                                             llm_pretrain_steps=p["llm_pretrain"],
+                                             vision_pretrain_steps=p["vision_pretrain"])
         s1 = self.stage("stage1", "stage1.yaml", [
             "--vision", vision, "--llm", llm, "--data_path", str(self.world.stage1), *self.world_overrides(),
             "--max_steps", str(p["stage1"]), "--seed", "0"], parent=digest(vars(world_cfg)))

@@ -182,8 +182,13 @@ class VisualComprehension(nn.Module):
         replaced = tokens.masked_scatter(mask.unsqueeze(-1), self.pool[rows].to(tokens.dtype))
         return replaced, mask, rows, row_cost
 
-    def forward(self, input_ids, attention_mask, labels, pixel_values, num_items_in_batch=None, **kwargs):
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, num_items_in_batch=None, **kwargs):
         llava, lcfg = self.llava, self.llava.config
+        if pixel_values is None:  # a text-only batch: nothing to mask or reconstruct
+            out = llava(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                        num_items_in_batch=num_items_in_batch)
+            zero = out.loss.detach() * 0
+            return {"loss": out.loss, "logits": out.logits, "lm_loss": out.loss.detach(), "recon_loss": zero, "stats": {}}
         vision_out = llava.model.get_image_features(pixel_values=pixel_values, return_dict=True)
         tokens = torch.stack(list(vision_out.pooler_output))  # [images, n_visual, hidden]
         if not bool(self.pool_ready):

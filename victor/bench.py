@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--methods", nargs="+", default=["hungarian", "nearest"])
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=2)
-    m = sub.add_parser("matching", help="exact assignment against scipy per image", add_help=False)
+    sub.add_parser("matching", help="exact assignment against scipy per image", add_help=False)
     args, rest = p.parse_known_args(argv)
     if args.what == "step":
         bench_step(args)

@@ -1,0 +1,300 @@
+"""Tests for victor.model.matching: exactness against scipy, batching, API contract."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from victor.model import matching as M
+from victor.model.matching import (
+    MatchingError,
+    assign,
+    euclidean_cost,
+    hungarian_assignment,
+    hungarian_assignment_batched,
+    nearest_assignment,
+)
+
+torch.set_num_threads(1)
+
+
+def optimum(cost) -> float:
+    c = torch.as_tensor(cost).double().numpy()
+    return float(c[linear_sum_assignment(c)].sum())
+
+
+def total(cost, cols) -> float:
+    c = torch.as_tensor(cost).double().numpy()
+    return float(c[np.arange(c.shape[0]), np.asarray(cols)].sum())
+
+
+def assert_optimal(cost, cols):
+    cols = np.asarray(cols)
+    assert len(np.unique(cols)) == len(cols), "assignment is not one-to-one"
+    assert total(cost, cols) == pytest.approx(optimum(cost), rel=1e-9, abs=1e-9)
+
+
+def clustered_tokens(rng, n, dim, centres, noise):
+    c = rng.standard_normal((centres, dim))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    x = c[rng.integers(centres, size=n)] + noise * rng.standard_normal((n, dim)) / np.sqrt(dim)
+    return torch.tensor(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=torch.float32)
+
+
+def unit_pool(rng, m, dim):
+    p = rng.standard_normal((m, dim))
+    return torch.tensor(p / np.linalg.norm(p, axis=1, keepdims=True), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ exactness
+
+
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 7), (5, 5), (12, 12), (9, 40), (30, 64), (64, 200)])
+def test_random_costs_match_scipy(n, m):
+    rng = np.random.default_rng(n * 1000 + m)
+    for _ in range(5):
+        cost = torch.tensor(rng.random((n, m)), dtype=torch.float32)
+        assert_optimal(cost, hungarian_assignment(cost))
+
+
+def test_integer_costs_with_ties_match_scipy():
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        n = int(rng.integers(1, 25))
+        m = int(rng.integers(n, 50))
+        cost = torch.tensor(rng.integers(0, 3, (n, m)), dtype=torch.float64)
+        assert_optimal(cost, hungarian_assignment(cost))
+    # every token prefers the same pool rows, in the same order
+    cost = torch.arange(20, dtype=torch.float64).repeat(9, 1)
+    assert_optimal(cost, hungarian_assignment(cost))
+
+
+def test_clustered_tokens_match_scipy():
+    rng = np.random.default_rng(2)
+    pool = unit_pool(rng, 1024, 64)
+    for centres, noise in [(1, 0.2), (3, 0.5), (6, 1.0), (1, 1e3)]:
+        cost = euclidean_cost(clustered_tokens(rng, 150, 64, centres, noise), pool)
+        assert_optimal(cost, hungarian_assignment(cost))
+
+
+def test_token_seeded_pool_matches_scipy():
+    rng = np.random.default_rng(13)
+    tokens = clustered_tokens(rng, 400, 64, 5, 0.8)
+    seeds = tokens[torch.as_tensor(rng.integers(400, size=768))]
+    pool = torch.nn.functional.normalize(seeds + 0.5 * torch.randn(768, 64) / 8, dim=-1)
+    cost = euclidean_cost(tokens[:150], pool)
+    assert_optimal(cost, hungarian_assignment(cost))
+
+
+def test_paper_init_where_row_norms_dominate(monkeypatch):
+    """std-1 pool rows: (nearly) every token wants the same pool row (Hall repair path)."""
+    calls = {"columns": 0}
+    original = M._Batch._add_columns
+
+    def counting(self, *args):
+        calls["columns"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(M._Batch, "_add_columns", counting)
+    rng = np.random.default_rng(3)
+    tokens = clustered_tokens(rng, 80, 256, 4, 1.0)
+    pool = torch.tensor(rng.standard_normal((768, 256)), dtype=torch.float32)
+    cost = euclidean_cost(tokens, pool)
+    assert len(torch.unique(cost.argmin(-1))) <= 3  # nearly every token wants the same row
+    assert_optimal(cost, hungarian_assignment(cost))
+    assert calls["columns"] > 0
+
+
+def test_square_and_degenerate_shapes():
+    cost = torch.tensor([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]])
+    assert_optimal(cost, hungarian_assignment(cost))
+    empty = hungarian_assignment(torch.zeros(0, 5))
+    assert empty.shape == (0,) and empty.dtype == torch.long
+    assert hungarian_assignment_batched(torch.zeros(0, 3, 5)).shape == (0, 3)
+    assert hungarian_assignment_batched(torch.zeros(2, 0, 5)).shape == (2, 0)
+
+
+def test_block_layout_with_odd_pool_size():
+    """m not a multiple of the block size exercises the smaller block fallbacks."""
+    rng = np.random.default_rng(4)
+    for m in (97, 130, 250):
+        cost = euclidean_cost(clustered_tokens(rng, 40, 32, 3, 0.6), unit_pool(rng, m, 32))
+        assert_optimal(cost, hungarian_assignment(cost))
+
+
+# ------------------------------------------------------------------- batching
+
+
+def test_batched_tensor_equals_per_instance():
+    rng = np.random.default_rng(5)
+    pool = unit_pool(rng, 640, 48)
+    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 120, 48, 4, 0.8), pool) for _ in range(4)])
+    out = hungarian_assignment_batched(costs)
+    assert out.shape == (4, 120) and out.dtype == torch.long
+    for b in range(4):
+        assert total(costs[b], out[b]) == pytest.approx(total(costs[b], hungarian_assignment(costs[b])), rel=1e-9)
+        assert_optimal(costs[b], out[b])
+
+
+def test_batched_list_with_different_sizes():
+    rng = np.random.default_rng(6)
+    costs = [torch.tensor(rng.random((n, m)), dtype=torch.float32) for n, m in [(3, 10), (20, 20), (0, 4), (17, 64)]]
+    out = hungarian_assignment_batched(costs)
+    assert isinstance(out, list) and [len(o) for o in out] == [3, 20, 0, 17]
+    for c, o in zip(costs, out):
+        assert_optimal(c, o)
+
+
+def test_assign_dispatch():
+    rng = np.random.default_rng(7)
+    cost = torch.tensor(rng.random((2, 6, 9)), dtype=torch.float32)
+    assert torch.equal(assign(cost, "nearest"), cost.argmin(-1))
+    assert_optimal(cost[0], assign(cost[0], "hungarian"))
+    batched = assign(cost, "hungarian")
+    assert batched.shape == (2, 6)
+    assert isinstance(assign(list(cost), "hungarian"), list)
+    with pytest.raises(ValueError, match="hungarian, nearest"):
+        assign(cost, "greedy")
+
+
+# --------------------------------------------------------------- API contract
+
+
+def test_nearest_equals_argmin():
+    rng = np.random.default_rng(8)
+    cost = torch.tensor(rng.random((3, 11, 29)), dtype=torch.float32)
+    assert torch.equal(nearest_assignment(cost), cost.argmin(-1))
+    assert nearest_assignment(cost).dtype == torch.long
+
+
+def test_too_many_tokens_raises_clear_error():
+    with pytest.raises(MatchingError, match=r"pool has 100 rows but 547 tokens are masked"):
+        hungarian_assignment(torch.rand(547, 100))
+    with pytest.raises(ValueError, match="pool_size|mask_ratio"):
+        hungarian_assignment_batched([torch.rand(3, 5), torch.rand(6, 5)])
+
+
+def test_nan_costs_are_rejected():
+    cost = torch.rand(4, 8)
+    cost[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        hungarian_assignment(cost)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_device_dtype_and_no_graph(dtype):
+    rng = np.random.default_rng(9)
+    tokens = clustered_tokens(rng, 24, 16, 2, 0.7).to(dtype).requires_grad_(True)
+    pool = unit_pool(rng, 64, 16).to(dtype).requires_grad_(True)
+    cost = euclidean_cost(tokens, pool)
+    assert cost.dtype == torch.float32 and cost.device == tokens.device
+    assert not cost.requires_grad and cost.grad_fn is None
+    graded = torch.cdist(tokens.float(), pool.float()).to(dtype)  # a cost that carries a graph
+    for out in (hungarian_assignment(graded), nearest_assignment(graded), hungarian_assignment_batched(graded[None])[0]):
+        assert out.dtype == torch.long and out.device == graded.device
+        assert not out.requires_grad and out.grad_fn is None
+    assert_optimal(graded.detach().double(), hungarian_assignment(graded))
+
+
+def test_euclidean_cost_matches_cdist_with_leading_dims():
+    rng = np.random.default_rng(10)
+    tokens = torch.tensor(rng.standard_normal((2, 3, 5, 12)), dtype=torch.float32)
+    pool = torch.tensor(rng.standard_normal((7, 12)), dtype=torch.float32)
+    cost = euclidean_cost(tokens, pool)
+    assert cost.shape == (2, 3, 5, 7)
+    torch.testing.assert_close(cost, torch.cdist(tokens, pool.expand(2, 3, 7, 12)), atol=1e-4, rtol=1e-4)
+    same = euclidean_cost(pool, pool)  # zero distances stay finite and non-negative
+    assert torch.isfinite(same).all() and (same >= 0).all() and same.diagonal().max() < 1e-2
+
+
+# ------------------------------------------------------------ certificate path
+
+
+def test_certificate_repairs_a_suboptimal_candidate_graph():
+    """Give every token a feasible but bad candidate set: only the certificate can fix it."""
+    rng = np.random.default_rng(11)
+    n, m = 30, 60
+    cost = torch.tensor(rng.random((n, m)), dtype=torch.float64)
+    batch = M._Batch([M._CostView(cost)], [(n, m)])
+    # Candidates: token i may only use rows i and i + n (a poor, but feasible, choice),
+    # and claims nothing about the others (t = -inf: no row is settled by its bound).
+    r = np.repeat(np.arange(n), 2)
+    c = np.stack([np.arange(n), np.arange(n) + n], 1).ravel()
+    batch.edges[0] = M._Edges(r, c, cost.numpy()[r, c])
+    batch.t[:] = -np.inf
+    sparse_only, _ = M._sparse_lap(batch.edges[0], np.arange(n))
+    assert total(cost, sparse_only) > optimum(cost) + 1e-6  # the candidate graph alone is suboptimal
+    assert_optimal(cost, batch.solve()[0])
+
+
+def test_tiny_candidate_sets_still_reach_the_optimum(monkeypatch):
+    """Force one-column blocks and one block per token: repricing and growth must do the rest."""
+    calls = {"reprice": 0}
+    original = M._Batch._reprice
+
+    def counting(self, *args):
+        calls["reprice"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(M, "BLOCK", 1)
+    monkeypatch.setattr(M, "INITIAL_BLOCKS", 1)
+    monkeypatch.setattr(M, "REPRICE_BLOCKS", 1)
+    monkeypatch.setattr(M._Batch, "_reprice", counting)
+    rng = np.random.default_rng(12)
+    pool = unit_pool(rng, 96, 32)
+    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 40, 32, 3, 0.5), pool) for _ in range(3)])
+    out = hungarian_assignment_batched(costs)
+    for b in range(3):
+        assert_optimal(costs[b], out[b])
+    assert calls["reprice"] > 0
+
+
+def test_torch_indexing_path_used_for_accelerators(monkeypatch):
+    """CUDA costs are read with torch indexing instead of numpy views; run that path on CPU."""
+    original = M._CostView.__init__
+
+    def without_numpy(self, cost):
+        original(self, cost)
+        self.np = None
+
+    monkeypatch.setattr(M._CostView, "__init__", without_numpy)
+    rng = np.random.default_rng(14)
+    pool = unit_pool(rng, 512, 32)
+    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 100, 32, 3, 0.6), pool) for _ in range(2)])
+    out = hungarian_assignment_batched(costs)
+    for b in range(2):
+        assert_optimal(costs[b], out[b])
+
+
+def test_thread_setting_is_restored():
+    torch.set_num_threads(2)
+    try:
+        hungarian_assignment_batched(torch.rand(2, 20, 64))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_distinct_argmins_shortcut_skips_the_solver(monkeypatch):
+    def no_solver(*args):
+        raise AssertionError("the sparse solver should not run")
+
+    monkeypatch.setattr(M, "_sparse_lap", no_solver)
+    cost = torch.rand(2, 50, 300) + 5.0
+    idx = torch.arange(50)
+    cost[:, idx, 3 * idx] = 0.0  # token i's cheapest row is 3i, all distinct
+    out = hungarian_assignment_batched(cost)
+    assert torch.equal(out, (3 * idx).expand(2, 50))
+
+
+def test_matching_benchmark_runs_small_and_agrees_with_scipy():
+    from victor.model.matching_bench import format_table, run_benchmark
+
+    rows = run_benchmark(images=2, masked=24, pool=64, dim=16, threads=1, seed=0, clusters=4, noise=1.0, repeats=1)
+    assert {r["init"] for r in rows} == {"unit", "tokens", "paper"}
+    assert all(r["total_cost_equal"] for r in rows)
+    assert "speedup" in format_table(rows)

@@ -26,7 +26,6 @@ class ModelArguments:
     normalize_projector: bool = field(default=False, metadata={"help": "L2-normalise projector outputs (authors' option)"})
     chat_template: str | None = field(default=None, metadata={"help": "'vicuna', a Jinja string, or the tokenizer's own"})
     attn_implementation: str = "sdpa"
-    lora_rank: int = field(default=0, metadata={"help": ">0 trains the LLM through LoRA adapters (peft)"})
 
 
 @dataclass

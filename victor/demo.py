@@ -26,8 +26,8 @@ PRESETS = {  # world size, backbone pretraining, steps per stage, seeds ("smoke"
                   pool_size=64),
     "quick": dict(n_train=600, n_val=60, llm_pretrain=100, vision_pretrain=100, stage1=60, stage15=60, stage2=150,
                   seeds=1, pool_size=128),
-    "default": dict(n_train=2000, n_val=100, llm_pretrain=150, vision_pretrain=200, stage1=150, stage15=150,
-                    stage2=300, seeds=3, pool_size=256),
+    "default": dict(n_train=2000, n_val=100, llm_pretrain=120, vision_pretrain=200, stage1=150, stage15=120,
+                    stage2=240, seeds=3, pool_size=256),
     "full": dict(n_train=4000, n_val=300, llm_pretrain=300, vision_pretrain=300, stage1=300, stage15=600,
                  stage2=1200, seeds=3, pool_size=256),
 }

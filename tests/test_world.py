@@ -8,7 +8,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import base64
 import csv
 import hashlib
-import io
 import json
 import re
 from collections import Counter

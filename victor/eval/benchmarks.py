@@ -965,6 +965,16 @@ class JudgedSpec(BenchmarkSpec):
                 "note": f"{self.name} is graded by an LLM judge; upload {self.submission_filename}"}
 
 
+def _file_and_image_root(path, default_name: str, image_root):
+    """A release directory or its question file; images default to ``<dir>/images``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    if image_root is None and (path.parent / "images").is_dir():
+        image_root = path.parent / "images"
+    return path, _default_root(path, image_root)
+
+
 class MMVetSpec(JudgedSpec):
     """MM-Vet ``mm-vet.json`` (dict ``"v1_0" -> {imagename, question, answer, capability}``,
     images in ``image_root`` or ``<dir>/images``) or LLaVA's ``llava-mm-vet.jsonl``
@@ -976,12 +986,7 @@ class MMVetSpec(JudgedSpec):
     submission_filename = "mmvet_submission.json"
 
     def load(self, path, image_root=None):
-        path = Path(path)
-        if path.is_dir():
-            path = path / "mm-vet.json"
-        if image_root is None and (path.parent / "images").is_dir():
-            image_root = path.parent / "images"
-        root = _default_root(path, image_root)
+        path, root = _file_and_image_root(path, "mm-vet.json", image_root)
         if path.suffix.lower() == ".jsonl":
             items = []
             for i, rec in enumerate(_read_jsonl(path, self.format_name)):
@@ -1019,12 +1024,7 @@ class LlavaWildSpec(JudgedSpec):
     model_id = "victor"
 
     def load(self, path, image_root=None):
-        path = Path(path)
-        if path.is_dir():
-            path = path / "questions.jsonl"
-        if image_root is None and (path.parent / "images").is_dir():
-            image_root = path.parent / "images"
-        root = _default_root(path, image_root)
+        path, root = _file_and_image_root(path, "questions.jsonl", image_root)
         items = []
         for i, rec in enumerate(_read_jsonl(path, self.format_name)):
             _require(rec, ("question_id", "image", "text"), path, f"line {i + 1}", self.format_name)

@@ -152,9 +152,7 @@ def build_model(
 
 def load_model(path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
     """Load a victor/LLaVA checkpoint (plain `llava` or `victor_llava`) and its processor."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import victor  # noqa: F401  (registers victor_llava)
+    from transformers import AutoModelForImageTextToText, AutoProcessor  # victor_llava is registered on import
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     if attn_implementation:

@@ -68,3 +68,18 @@ def test_eval_runner_end_to_end_on_world_files(checkpoint, tmp_path):
     assert set(pope["tables"]["category"]) == {"random", "popular", "adversarial"}
     lines = (tmp_path / "pope" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == pope["n"]
+
+
+def test_cli_chat_prints_the_same_answer(checkpoint, tmp_path, capsys):
+    from victor.cli import main
+
+    image = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), (250, 0, 0)).save(image)
+    expected = Generator(str(checkpoint))([Image.open(image).convert("RGB")], ["what colour is the circle ?"],
+                                          max_new_tokens=6)[0]
+    main(["chat", "--model", str(checkpoint), "--image", str(image), "--max-new-tokens", "6",
+          "what colour is the circle ?"])
+    out = capsys.readouterr().out
+    assert f"Q: what colour is the circle ?\nA: {expected}" in out
+    with pytest.raises(SystemExit):
+        main(["chat", "--model", str(checkpoint), "--bogus", "x", "q"])

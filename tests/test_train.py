@@ -157,3 +157,25 @@ def test_stage15_resume_from_checkpoint_is_exact(backbones, data, stage_outputs,
         assert a.keys() == b.keys()
         for key in a:
             assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), (name, key)
+
+
+def test_two_process_ddp_stage15_loss_composition(stage_outputs, data, tmp_path):
+    """torchrun with 2 CPU processes (gloo): trains, and the logged loss is lm + 10 * recon."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    args = common(data, out, "chat.json", 4, "1e-3")
+    args[args.index("--per_device_train_batch_size") + 1] = "4"
+    args[args.index("--logging_steps") + 1] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "victor.cli", "train", "--stage", "1.5", "--init_from", str(stage_outputs[0]),
+           "--pool_size", "32", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = [h for h in json.loads((out / "victor_stage.json").read_text())["log_history"] if "lm_loss" in h]
+    assert len(history) == 4
+    for h in history:
+        assert h["loss"] == pytest.approx(h["lm_loss"] + 10 * h["recon_loss"], rel=0.02)

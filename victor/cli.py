@@ -20,10 +20,19 @@ def _synth(args):
     print(f"  vision   {vision}\n  llm      {llm}")
 
 
-def _train(args, rest):
+def _train(argv):
+    """`victor train [RECIPE.yaml] [--option value ...]`: the recipe first, the command line wins."""
     from victor.train.run import train_from_recipe
 
-    print(train_from_recipe(args.recipe, rest))
+    recipe, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("-") else (None, argv)
+    if recipe is None and (not overrides or overrides[0] in ("-h", "--help")):
+        from transformers import HfArgumentParser
+
+        from victor.config import ARGUMENT_CLASSES
+
+        HfArgumentParser(ARGUMENT_CLASSES).print_help()
+        return
+    print(train_from_recipe(recipe, overrides))
 
 
 def _chat(args):
@@ -57,16 +66,19 @@ def _compare(args):
     print(compare_runs(args.runs))
 
 
-def _demo(args, rest):
+def _demo(argv):
     from victor.demo import main as demo_main
 
-    demo_main(rest)
+    demo_main(argv)
 
 
-def _bench(args, rest):
+def _bench(argv):
     from victor.bench import main as bench_main
 
-    bench_main(rest)
+    bench_main(argv)
+
+
+PASS_THROUGH = {"train": _train, "demo": _demo, "bench": _bench}  # these parse their own options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-val", type=int, default=200)
     s.add_argument("--image-size", type=int, default=64)
 
-    s = sub.add_parser("train", help="run one stage from a YAML recipe; --any_option value overrides it",
-                       add_help=False)
-    s.add_argument("recipe", nargs="?")
+    sub.add_parser("train", help="run one stage from a YAML recipe; --any_option value overrides it")
 
     s = sub.add_parser("chat", help="ask a checkpoint about an image")
     s.add_argument("--model", required=True)
@@ -117,20 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else argv
-    args, rest = build_parser().parse_known_args(argv)
-    if args.command in ("train", "demo", "bench"):
-        if args.command == "train" and (args.recipe in (None, "-h", "--help")):
-            from transformers import HfArgumentParser
-
-            from victor.config import ARGUMENT_CLASSES
-
-            HfArgumentParser(ARGUMENT_CLASSES).print_help()
-            return
-        {"train": _train, "demo": _demo, "bench": _bench}[args.command](args, rest)
-    elif rest:
-        raise SystemExit(f"unknown arguments: {' '.join(rest)}")
-    else:
-        {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare}[args.command](args)
+    if argv and argv[0] in PASS_THROUGH:
+        return PASS_THROUGH[argv[0]](argv[1:])
+    args = build_parser().parse_args(argv)
+    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare}[args.command](args)
 
 
 if __name__ == "__main__":

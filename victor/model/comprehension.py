@@ -187,8 +187,8 @@ class VisualComprehension(nn.Module):
         if pixel_values is None:  # a text-only batch: nothing to mask or reconstruct
             out = llava(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                         num_items_in_batch=num_items_in_batch)
-            zero = out.loss.detach() * 0
-            return {"loss": out.loss, "logits": out.logits, "lm_loss": out.loss.detach(), "recon_loss": zero, "stats": {}}
+            return {"loss": out.loss, "logits": out.logits, "lm_loss": out.loss, "recon_loss": out.loss.new_zeros(()),
+                    "stats": {}}
         vision_out = llava.model.get_image_features(pixel_values=pixel_values, return_dict=True)
         tokens = torch.stack(list(vision_out.pooler_output))  # [images, n_visual, hidden]
         if not bool(self.pool_ready):
@@ -212,8 +212,8 @@ class VisualComprehension(nn.Module):
         return {
             "loss": loss,
             "logits": logits,
-            "lm_loss": lm_loss.detach(),
-            "recon_loss": recon_loss.detach(),
+            "lm_loss": lm_loss,
+            "recon_loss": recon_loss,
             "stats": self._stats(rows, row_cost, per_position.detach(), mask),
         }
 

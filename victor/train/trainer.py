@@ -58,14 +58,17 @@ class VictorTrainer(Trainer):
         if not isinstance(core, VisualComprehension):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         out = model(**inputs, num_items_in_batch=num_items_in_batch)
+        # With tokens averaged across devices the LM loss is this rank's share of a global mean, so
+        # (as in Trainer.compute_loss) it is scaled by the world size; the reconstruction loss is
+        # already a per-rank mean that DDP's gradient averaging handles.
+        lm_scale = self.accelerator.num_processes if (
+            self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1
+        loss = out["loss"] + (lm_scale - 1) * out["lm_loss"]
         if model.training:
-            self._extra_logs["lm_loss"].append(float(out["lm_loss"]))
+            self._extra_logs["lm_loss"].append(lm_scale * float(out["lm_loss"]))
             self._extra_logs["recon_loss"].append(float(out["recon_loss"]))
             for key, value in out["stats"].items():
                 self._extra_logs[key].append(value)
-        loss = out["loss"]
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
         return (loss, out) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:

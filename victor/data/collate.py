@@ -25,12 +25,15 @@ class TemplateError(ValueError):
     pass
 
 
+def processed_image_size(image_processor) -> tuple[int, int]:
+    """(height, width) of the pixels a fixed-size image processor produces."""
+    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    return size.get("height") or size.get("shortest_edge"), size.get("width") or size.get("shortest_edge")
+
+
 def visual_tokens_per_image(processor) -> int:
     """What LlavaProcessor expands one `<image>` into (fixed-size image processors)."""
-    ip = processor.image_processor
-    size = ip.crop_size if getattr(ip, "do_center_crop", False) else ip.size
-    h = size.get("height") or size.get("shortest_edge")
-    w = size.get("width") or size.get("shortest_edge")
+    h, w = processed_image_size(processor.image_processor)
     n = (h // processor.patch_size) * (w // processor.patch_size) + processor.num_additional_image_tokens
     return n - 1 if processor.vision_feature_select_strategy == "default" else n
 

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from victor.data.collate import processed_image_size
 from victor.data.templates import IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE
 from victor.model.normalized import VictorLlavaConfig, VictorLlavaForConditionalGeneration
 
@@ -68,9 +69,7 @@ def count_visual_tokens(vision_tower, image_processor, feature_layer: int, strat
     """(visual tokens per image, extra non-patch tokens) measured with one blank image."""
     from PIL import Image
 
-    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
-    h = size.get("height") or size.get("shortest_edge")
-    w = size.get("width") or size.get("shortest_edge")
+    h, w = processed_image_size(image_processor)
     pixels = image_processor(Image.new("RGB", (w, h)), return_tensors="pt")["pixel_values"]
     pixels = pixels.to(next(vision_tower.parameters()).dtype)
     hidden = vision_tower(pixels, output_hidden_states=True).hidden_states[feature_layer]

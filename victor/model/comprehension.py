@@ -239,8 +239,9 @@ class VisualComprehension(nn.Module):
 
     @torch.no_grad()
     def _stats(self, rows, row_cost, per_position, mask):
-        self.usage += torch.bincount(rows.flatten(), minlength=self.usage.numel())
-        counts = torch.bincount(rows.flatten(), minlength=self.usage.numel()).float()
+        counts = torch.bincount(rows.flatten(), minlength=self.usage.numel())
+        self.usage += counts
+        counts = counts.float()
         p = counts / counts.sum()
         entropy = -(p[p > 0] * p[p > 0].log()).sum()
         run_p = self.usage.float() / self.usage.sum()

@@ -7,7 +7,6 @@ What leaves a stage is a stock LLaVA checkpoint (+ processor with chat template)
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections import defaultdict
 from dataclasses import asdict
@@ -20,7 +19,6 @@ from transformers import Trainer
 from victor.model.comprehension import VisualComprehension
 from victor.train.stages import MODULES, modules_of
 
-log = logging.getLogger(__name__)
 EXTRA_STATE = "comprehension.safetensors"
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from victor.model import matching as M
+from victor.model import lap
 from victor.model.matching import (
     MatchingError,
     assign,
@@ -91,22 +91,49 @@ def test_token_seeded_pool_matches_scipy():
 
 
 def test_paper_init_where_row_norms_dominate(monkeypatch):
-    """std-1 pool rows: (nearly) every token wants the same pool row (Hall repair path)."""
-    calls = {"columns": 0}
-    original = M._Batch._add_columns
+    """std-1 pool rows: (nearly) every token wants the same pool row; solved densely, exactly."""
+    calls = {"dense": 0}
+    original = lap.linear_sum_assignment
 
-    def counting(self, *args):
-        calls["columns"] += 1
-        return original(self, *args)
+    def counting(c):
+        calls["dense"] += 1
+        return original(c)
 
-    monkeypatch.setattr(M._Batch, "_add_columns", counting)
+    monkeypatch.setattr(lap, "linear_sum_assignment", counting)
     rng = np.random.default_rng(3)
     tokens = clustered_tokens(rng, 80, 256, 4, 1.0)
     pool = torch.tensor(rng.standard_normal((768, 256)), dtype=torch.float32)
     cost = euclidean_cost(tokens, pool)
     assert len(torch.unique(cost.argmin(-1))) <= 3  # nearly every token wants the same row
     assert_optimal(cost, hungarian_assignment(cost))
-    assert calls["columns"] > 0
+    assert calls["dense"] == 1
+
+
+def test_lazy_solver_is_exact_without_dense_fallback(monkeypatch):
+    """Clustered tokens compete for the same rows: rows must read beyond their first block."""
+
+    def no_dense(c):
+        raise AssertionError("the lazy solver gave up")
+
+    monkeypatch.setattr(lap, "linear_sum_assignment", no_dense)
+    rng = np.random.default_rng(15)
+    pool = unit_pool(rng, 2048, 64)
+    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 547, 64, 8, 1.0), pool) for _ in range(2)])
+    out = hungarian_assignment_batched(costs)
+    for b in range(2):
+        assert_optimal(costs[b], out[b])
+        # the optimum is not "every token takes its own cheapest row": competition was resolved
+        assert len(torch.unique(costs[b].argmin(-1))) < 547
+
+
+def test_rows_whose_cheapest_entries_share_one_block():
+    """Every token's cheapest entries lie in block 0 and tie with each other: levels must rise."""
+    n, m = 12, 70  # m not a multiple of the block size
+    cost = torch.full((n, m), 5.0, dtype=torch.float64)
+    cost[:, : lap.BLOCK // 2] = 1.0
+    cost[:, -3:] = 0.5  # cheapest entries in the last, partial block
+    cost += torch.linspace(0, 1e-3, n)[:, None] * torch.arange(m)[None] / m
+    assert_optimal(cost, hungarian_assignment(cost))
 
 
 def test_square_and_degenerate_shapes():
@@ -119,7 +146,7 @@ def test_square_and_degenerate_shapes():
 
 
 def test_block_layout_with_odd_pool_size():
-    """m not a multiple of the block size exercises the smaller block fallbacks."""
+    """m not a multiple of the block size: the last block is partial."""
     rng = np.random.default_rng(4)
     for m in (97, 130, 250):
         cost = euclidean_cost(clustered_tokens(rng, 40, 32, 3, 0.6), unit_pool(rng, m, 32))
@@ -181,8 +208,11 @@ def test_too_many_tokens_raises_clear_error():
 def test_nan_costs_are_rejected():
     cost = torch.rand(4, 8)
     cost[1, 2] = float("nan")
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="must be finite"):
         hungarian_assignment(cost)
+    cost[1, 2] = float("inf")
+    with pytest.raises(ValueError, match="must be finite"):
+        hungarian_assignment_batched(cost[None])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -211,79 +241,27 @@ def test_euclidean_cost_matches_cdist_with_leading_dims():
     assert torch.isfinite(same).all() and (same >= 0).all() and same.diagonal().max() < 1e-2
 
 
-# ------------------------------------------------------------ certificate path
+# ------------------------------------------------------------------- threads
 
 
-def test_certificate_repairs_a_suboptimal_candidate_graph():
-    """Give every token a feasible but bad candidate set: only the certificate can fix it."""
-    rng = np.random.default_rng(11)
-    n, m = 30, 60
-    cost = torch.tensor(rng.random((n, m)), dtype=torch.float64)
-    batch = M._Batch([M._CostView(cost)], [(n, m)])
-    # Candidates: token i may only use rows i and i + n (a poor, but feasible, choice),
-    # and claims nothing about the others (t = -inf: no row is settled by its bound).
-    r = np.repeat(np.arange(n), 2)
-    c = np.stack([np.arange(n), np.arange(n) + n], 1).ravel()
-    batch.edges[0] = M._Edges(r, c, cost.numpy()[r, c])
-    batch.t[:] = -np.inf
-    sparse_only, _ = M._sparse_lap(batch.edges[0], np.arange(n))
-    assert total(cost, sparse_only) > optimum(cost) + 1e-6  # the candidate graph alone is suboptimal
-    assert_optimal(cost, batch.solve()[0])
+def test_parallel_threads_give_the_same_answer_and_settings_are_restored():
+    import numba
 
-
-def test_tiny_candidate_sets_still_reach_the_optimum(monkeypatch):
-    """Force one-column blocks and one block per token: repricing and growth must do the rest."""
-    calls = {"reprice": 0}
-    original = M._Batch._reprice
-
-    def counting(self, *args):
-        calls["reprice"] += 1
-        return original(self, *args)
-
-    monkeypatch.setattr(M, "BLOCK", 1)
-    monkeypatch.setattr(M, "INITIAL_BLOCKS", 1)
-    monkeypatch.setattr(M, "REPRICE_BLOCKS", 1)
-    monkeypatch.setattr(M._Batch, "_reprice", counting)
-    rng = np.random.default_rng(12)
-    pool = unit_pool(rng, 96, 32)
-    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 40, 32, 3, 0.5), pool) for _ in range(3)])
-    out = hungarian_assignment_batched(costs)
-    for b in range(3):
-        assert_optimal(costs[b], out[b])
-    assert calls["reprice"] > 0
-
-
-def test_torch_indexing_path_used_for_accelerators(monkeypatch):
-    """CUDA costs are read with torch indexing instead of numpy views; run that path on CPU."""
-    original = M._CostView.__init__
-
-    def without_numpy(self, cost):
-        original(self, cost)
-        self.np = None
-
-    monkeypatch.setattr(M._CostView, "__init__", without_numpy)
-    rng = np.random.default_rng(14)
-    pool = unit_pool(rng, 512, 32)
-    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 100, 32, 3, 0.6), pool) for _ in range(2)])
-    out = hungarian_assignment_batched(costs)
-    for b in range(2):
-        assert_optimal(costs[b], out[b])
-
-
-def test_thread_setting_is_restored():
+    rng = np.random.default_rng(16)
+    pool = unit_pool(rng, 256, 32)
+    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 60, 32, 3, 0.7), pool) for _ in range(6)])
+    before = numba.get_num_threads()
     torch.set_num_threads(2)
     try:
-        hungarian_assignment_batched(torch.rand(2, 20, 64))
-        assert torch.get_num_threads() == 2
+        two = hungarian_assignment_batched(costs)
+        assert torch.get_num_threads() == 2 and numba.get_num_threads() == before
     finally:
         torch.set_num_threads(1)
+    one = hungarian_assignment_batched(costs)
+    assert torch.equal(one, two)
 
 
-def test_distinct_argmins_shortcut_skips_the_solver(monkeypatch):
-    def no_solver(*args):
-        raise AssertionError("the sparse solver should not run")
-
-    monkeypatch.setattr(M, "_sparse_lap", no_solver)
+def test_distinct_argmins_are_the_answer():
     cost = torch.rand(2, 50, 300) + 5.0
     idx = torch.arange(50)
     cost[:, idx, 3 * idx] = 0.0  # token i's cheapest row is 3i, all distinct

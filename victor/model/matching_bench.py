@@ -5,8 +5,9 @@
 For each setting it builds a batch of Euclidean cost matrices (excluded from
 both timings and reported separately), solves every image with
 ``scipy.optimize.linear_sum_assignment`` and the whole batch with
-``victor.model.matching.hungarian_assignment_batched``, checks that the total
-costs agree, and prints one table row.
+``victor.model.matching.hungarian_assignment_batched`` (all images in one call,
+one image per thread), checks that the total costs agree, and prints one table
+row. scipy gets float64 costs, ours the float32 ones the model produces.
 
 Visual tokens are simulated as unit vectors drawn around a few cluster centres
 per image (neighbouring patches look alike), ``noise`` being the ratio of the

@@ -1,0 +1,315 @@
+"""Exact rectangular linear assignment, compiled with numba, that reads costs lazily.
+
+``solve(cost[B, n, m]) -> [B, n]``: for each instance, distinct columns ``s(i)``
+minimising ``sum_i cost[i, s(i)]`` (n <= m). The algorithm is the shortest
+augmenting path method (Jonker-Volgenant; Crouse 2016 for rectangular costs, what
+scipy's dense ``linear_sum_assignment`` runs) with one change: rows are read
+lazily, cheapest entries first, and only as far as Dijkstra can need them.
+
+Duals. Rows carry ``u``, columns ``v <= 0`` (0 on unused columns), and every
+reduced cost ``c[i, j] - u[i] - v[j]`` stays >= 0 with equality on assigned
+pairs: the LP optimality conditions, so every result is an exact optimum.
+
+Lazy rows. One vectorised pass takes the minimum of each block of ``BLOCK``
+columns. Row i has a *level* ``t[i]`` (a block minimum): its entries below
+``t[i]`` have been read (they lie in blocks whose minimum is below it) and
+every other entry costs at least ``t[i]``, so its reduced cost is at least
+``t[i] - u[i]`` (``v <= 0``). When Dijkstra scans row i at distance ``d`` it
+relaxes the read entries and queues the event "read more of row i" at key
+``d + t[i] - u[i]``; if that event comes before the sink, the level rises to the
+next block minimum and the newly covered entries are relaxed. Columns are
+therefore settled exactly as on the dense matrix, and the dual update keeps
+every reduced cost >= 0, including the ones never read. Most rows read one
+entry or two.
+"""
+
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+from scipy.optimize import linear_sum_assignment
+
+#: Columns per block (one block minimum each).
+BLOCK = 16
+
+
+@njit(cache=True)
+def _block_minima(row, out):
+    """``out[b] = min(row[b*BLOCK:(b+1)*BLOCK])``; returns the number of non-finite entries.
+
+    The fixed-width inner loop vectorises: this pass runs at memory speed.
+    """
+    m = row.shape[0]
+    full = m // BLOCK
+    bad = 0
+    for b in range(full):
+        x = row[b * BLOCK]
+        for k in range(BLOCK):
+            y = row[b * BLOCK + k]
+            x = min(x, y)
+            bad += (y != y) | (abs(y) == np.inf)
+        out[b] = x
+    if full < out.shape[0]:
+        x = row[full * BLOCK]
+        for j in range(full * BLOCK, m):
+            y = row[j]
+            x = min(x, y)
+            bad += (y != y) | (abs(y) == np.inf)
+        out[full] = x
+    return bad
+
+
+@njit(cache=True, inline="always")
+def _sift_up(keys, items, pos, i, key, item):
+    while i > 0:
+        parent = (i - 1) >> 1
+        if keys[parent] <= key:
+            break
+        keys[i] = keys[parent]
+        items[i] = items[parent]
+        pos[items[i]] = i
+        i = parent
+    keys[i] = key
+    items[i] = item
+    pos[item] = i
+
+
+@njit(cache=True, inline="always")
+def _offer(keys, items, pos, size, item, key):
+    """Indexed min-heap: insert ``item`` or lower its key; returns the new size."""
+    i = pos[item]
+    if i < 0:
+        _sift_up(keys, items, pos, size, key, item)
+        return size + 1
+    if key < keys[i]:
+        _sift_up(keys, items, pos, i, key, item)
+    return size
+
+
+@njit(cache=True, inline="always")
+def _pop(keys, items, pos, size):
+    """Remove the minimum (read keys[0], items[0] first); returns the new size."""
+    pos[items[0]] = -1
+    size -= 1
+    if size == 0:
+        return 0
+    key, item = keys[size], items[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and keys[child + 1] < keys[child]:
+            child += 1
+        if keys[child] >= key:
+            break
+        keys[i] = keys[child]
+        items[i] = items[child]
+        pos[items[i]] = i
+        i = child
+    keys[i] = key
+    items[i] = item
+    pos[item] = i
+    return size
+
+
+@njit(cache=True)
+def _raise_level(bmin_row, level, order_row, q, i):
+    """Row i's blocks with minimum ``level`` join its read list; returns the next level
+    (the smallest block minimum above ``level``; inf when every block is read)."""
+    nxt = np.inf
+    k = q[i]
+    for b in range(bmin_row.shape[0]):
+        x = bmin_row[b]
+        if x == level:
+            order_row[k] = b
+            k += 1
+        elif level < x < nxt:
+            nxt = x
+    q[i] = k
+    return nxt
+
+
+@njit(cache=True, inline="always")
+def _relax(C, r, d, ur, lo_val, hi_val, order_row, q_r, v, spc, path, done, touched, n_touched,
+           keys, items, pos, size):
+    """Offer every read column j of row r with ``lo_val <= C[r, j] < hi_val`` at distance
+    ``d + C[r, j] - u[r] - v[j]``; returns the new (n_touched, heap size)."""
+    m = C.shape[1]
+    for k in range(q_r):
+        lo = order_row[k] * BLOCK
+        hi = min(lo + BLOCK, m)
+        for j in range(lo, hi):
+            c = C[r, j]
+            if c < lo_val or c >= hi_val or done[j]:
+                continue
+            val = d + (c - ur) - v[j]
+            if val < spc[j]:
+                if spc[j] == np.inf:
+                    touched[n_touched] = j
+                    n_touched += 1
+                spc[j] = val
+                path[j] = r
+                size = _offer(keys, items, pos, size, j, val)
+    return n_touched, size
+
+
+#: Status codes of `_solve_one`: solved; a NaN/inf cost; costs too uniform across rows for lazy
+#: reading to pay off (the caller solves that instance densely).
+OK, NOT_FINITE, DENSE = 0, 1, 2
+#: Lazy solving gives up (DENSE) when fewer than this share of rows can take their cheapest
+#: column at once, or after reading this many times the whole matrix's worth of blocks.
+MIN_GREEDY_SHARE = 0.25
+MAX_READS = 4
+
+
+@njit(cache=True)
+def _solve_one(C, col4row):
+    """Assign the rows of ``C [n, m]`` to distinct columns in ``col4row [n]``; returns a status."""
+    n, m = C.shape
+    nb = (m + BLOCK - 1) // BLOCK
+    inf = np.inf
+
+    # Block minima; each row reads its cheapest block(s) and gets the next block minimum as level.
+    bmin = np.empty((n, nb), C.dtype)
+    order = np.empty((n, nb), np.int64)  # row i's read blocks: order[i, :q[i]]
+    q = np.zeros(n, np.int64)
+    t = np.empty(n, np.float64)  # levels
+    u = np.empty(n, np.float64)
+    for i in range(n):
+        if _block_minima(C[i], bmin[i]):
+            return NOT_FINITE
+        u[i] = bmin[i].min()
+        t[i] = _raise_level(bmin[i], u[i], order[i], q, i)
+
+    # u = row minima with v = 0 is dual feasible; a row whose cheapest column is free takes it.
+    v = np.zeros(m, np.float64)
+    row4col = np.full(m, -1, np.int64)
+    col4row[:] = -1
+    taken = 0
+    for i in range(n):
+        lo = order[i, 0] * BLOCK
+        for j in range(lo, min(lo + BLOCK, m)):
+            if C[i, j] == u[i]:
+                if row4col[j] < 0:
+                    row4col[j] = i
+                    col4row[i] = j
+                    taken += 1
+                break
+    if taken < MIN_GREEDY_SHARE * n:
+        return DENSE
+    budget = MAX_READS * n * nb  # blocks read before giving up
+
+    spc = np.full(m, inf)  # Dijkstra: shortest reduced path cost to each column
+    path = np.full(m, -1, np.int64)
+    done = np.zeros(m, np.bool_)
+    dist = np.zeros(n, np.float64)  # distance at which each row was reached
+    touched = np.empty(m, np.int64)
+    scanned = np.empty(n, np.int64)
+    # One heap, two kinds of event: item j < m settles column j; item m + r reads more of row r.
+    keys = np.empty(m + n, np.float64)
+    items = np.empty(m + n, np.int64)
+    pos = np.full(m + n, -1, np.int64)
+
+    for root in range(n):
+        if col4row[root] >= 0:
+            continue
+        n_touched = 0
+        n_scanned = 0
+        size = 0
+        sink = -1
+        min_val = 0.0
+        r, d, lo_val = root, 0.0, -inf
+        dist[root] = 0.0
+        while sink < 0:
+            # Row r, reached at distance d: relax its entries in [lo_val, level).
+            budget -= q[r]
+            if budget < 0:
+                return DENSE
+            n_touched, size = _relax(C, r, d, u[r], lo_val, t[r], order[r], q[r], v, spc, path, done,
+                                     touched, n_touched, keys, items, pos, size)
+            if t[r] < inf:  # its unread entries cost >= t[r]: come back when Dijkstra gets there
+                size = _offer(keys, items, pos, size, m + r, d + t[r] - u[r])
+            # Next event: settle the cheapest column, or read more of a row.
+            key, item = keys[0], items[0]
+            size = _pop(keys, items, pos, size)
+            if item >= m:
+                r = item - m
+                d, lo_val = dist[r], t[r]
+                t[r] = _raise_level(bmin[r], t[r], order[r], q, r)
+                continue
+            done[item] = True
+            if row4col[item] < 0:
+                sink, min_val = item, key
+                break
+            r, d, lo_val = row4col[item], key, -inf
+            dist[r] = d
+            scanned[n_scanned] = r
+            n_scanned += 1
+
+        for k in range(size):
+            pos[items[k]] = -1
+        # Dual update: reduced costs stay >= 0 and assigned pairs tight. Then augment.
+        u[root] += min_val
+        for k in range(n_scanned):
+            r = scanned[k]
+            u[r] += min_val - dist[r]
+        for k in range(n_touched):
+            j = touched[k]
+            if done[j]:
+                v[j] -= min_val - spc[j]
+            spc[j] = inf
+            done[j] = False
+        j = sink
+        while True:
+            r = path[j]
+            row4col[j] = r
+            prev = col4row[r]
+            col4row[r] = j
+            if r == root:
+                break
+            j = prev
+    return OK
+
+
+@njit(cache=True, parallel=True)
+def _solve_batch(C, out, status):
+    for b in prange(C.shape[0]):
+        status[b] = _solve_one(C[b], out[b])
+
+
+class NonFiniteCost(ValueError):
+    """A cost matrix holds NaN or an infinity."""
+
+
+def solve(cost: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """Exact assignment for ``cost [B, n, m]`` (float32 or float64, n <= m) -> int64 ``[B, n]``.
+
+    Instances run in parallel on up to ``threads`` numba threads (default: numba's
+    own setting). An instance the lazy solver hands back is solved by scipy's
+    dense ``linear_sum_assignment``.
+    """
+    if cost.ndim != 3:
+        raise ValueError(f"expected a [B, n, m] array, got shape {cost.shape}")
+    B, n, m = cost.shape
+    if n > m:
+        raise ValueError(f"{n} rows cannot take distinct columns among {m}")
+    if cost.dtype not in (np.float32, np.float64):
+        raise TypeError(f"costs must be float32 or float64, got {cost.dtype}")
+    out = np.empty((B, n), np.int64)
+    status = np.zeros(B, np.int64)
+    if n and B:
+        previous = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(threads or previous, numba.config.NUMBA_NUM_THREADS, B)))
+        try:
+            _solve_batch(np.ascontiguousarray(cost), out, status)
+        finally:
+            numba.set_num_threads(previous)
+    bad = np.flatnonzero(status == NOT_FINITE)
+    if bad.size:
+        raise NonFiniteCost(f"cost matrix {int(bad[0])} of {B} has NaN or infinite entries")
+    for b in np.flatnonzero(status == DENSE):
+        out[b] = linear_sum_assignment(cost[b])[1]
+    return out

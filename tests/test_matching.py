@@ -90,36 +90,35 @@ def test_token_seeded_pool_matches_scipy():
     assert_optimal(cost, hungarian_assignment(cost))
 
 
-def test_paper_init_where_row_norms_dominate(monkeypatch):
-    """std-1 pool rows: (nearly) every token wants the same pool row; solved densely, exactly."""
-    calls = {"dense": 0}
-    original = lap.linear_sum_assignment
-
-    def counting(c):
-        calls["dense"] += 1
-        return original(c)
-
-    monkeypatch.setattr(lap, "linear_sum_assignment", counting)
+def test_paper_init_where_row_norms_dominate():
+    """std-1 pool rows: (nearly) every token wants the same pool row; the dense path is exact."""
     rng = np.random.default_rng(3)
     tokens = clustered_tokens(rng, 80, 256, 4, 1.0)
     pool = torch.tensor(rng.standard_normal((768, 256)), dtype=torch.float32)
     cost = euclidean_cost(tokens, pool)
     assert len(torch.unique(cost.argmin(-1))) <= 3  # nearly every token wants the same row
     assert_optimal(cost, hungarian_assignment(cost))
-    assert calls["dense"] == 1
+    _, status = lap.solve_with_status(cost[None].numpy())
+    assert status.tolist() == [lap.DENSE]
 
 
-def test_lazy_solver_is_exact_without_dense_fallback(monkeypatch):
+def test_dense_path_alone_matches_scipy():
+    rng = np.random.default_rng(17)
+    for n, m in [(1, 1), (7, 7), (20, 45), (60, 64)]:
+        for dtype in (np.float32, np.float64):
+            cost = rng.random((n, m)).astype(dtype)
+            cols = np.empty(n, np.int64)
+            lap._solve_dense(cost, cols)
+            assert_optimal(torch.from_numpy(cost), cols)
+
+
+def test_lazy_solver_is_exact_without_dense_fallback():
     """Clustered tokens compete for the same rows: rows must read beyond their first block."""
-
-    def no_dense(c):
-        raise AssertionError("the lazy solver gave up")
-
-    monkeypatch.setattr(lap, "linear_sum_assignment", no_dense)
     rng = np.random.default_rng(15)
     pool = unit_pool(rng, 2048, 64)
     costs = torch.stack([euclidean_cost(clustered_tokens(rng, 547, 64, 8, 1.0), pool) for _ in range(2)])
-    out = hungarian_assignment_batched(costs)
+    out, status = lap.solve_with_status(costs.numpy())
+    assert status.tolist() == [lap.OK, lap.OK]
     for b in range(2):
         assert_optimal(costs[b], out[b])
         # the optimum is not "every token takes its own cheapest row": competition was resolved

@@ -29,7 +29,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import njit, prange
-from scipy.optimize import linear_sum_assignment
 
 #: Columns per block (one block minimum each).
 BLOCK = 16
@@ -274,10 +273,76 @@ def _solve_one(C, col4row):
     return OK
 
 
+@njit(cache=True)
+def _solve_dense(C, col4row):
+    """Plain shortest augmenting path on the dense matrix (Crouse 2016): for costs where the
+    lazy solver gives up, e.g. when every row prefers the same few columns."""
+    n, m = C.shape
+    inf = np.inf
+    u = np.zeros(n)
+    v = np.zeros(m)
+    row4col = np.full(m, -1, np.int64)
+    col4row[:] = -1
+    spc = np.empty(m)
+    path = np.empty(m, np.int64)
+    in_tree = np.zeros(n, np.bool_)
+    settled = np.zeros(m, np.bool_)
+    remaining = np.empty(m, np.int64)
+    for root in range(n):
+        spc[:] = inf
+        in_tree[:] = False
+        settled[:] = False
+        for k in range(m):
+            remaining[k] = m - 1 - k
+        n_remaining = m
+        min_val = 0.0
+        i = root
+        sink = -1
+        while sink < 0:
+            in_tree[i] = True
+            best, at = inf, -1
+            ui = u[i]
+            for k in range(n_remaining):
+                j = remaining[k]
+                val = min_val + (C[i, j] - ui) - v[j]
+                if val < spc[j]:
+                    path[j] = i
+                    spc[j] = val
+                if spc[j] < best or (spc[j] == best and row4col[j] < 0):
+                    best, at = spc[j], k
+            min_val = best
+            j = remaining[at]
+            settled[j] = True
+            n_remaining -= 1
+            remaining[at] = remaining[n_remaining]
+            if row4col[j] < 0:
+                sink = j
+            else:
+                i = row4col[j]
+        u[root] += min_val
+        for i in range(n):
+            if in_tree[i] and i != root:
+                u[i] += min_val - spc[col4row[i]]
+        for j in range(m):
+            if settled[j]:
+                v[j] -= min_val - spc[j]
+        j = sink
+        while True:
+            i = path[j]
+            row4col[j] = i
+            prev = col4row[i]
+            col4row[i] = j
+            if i == root:
+                break
+            j = prev
+
+
 @njit(cache=True, parallel=True)
 def _solve_batch(C, out, status):
     for b in prange(C.shape[0]):
         status[b] = _solve_one(C[b], out[b])
+        if status[b] == DENSE:
+            _solve_dense(C[b], out[b])
 
 
 class NonFiniteCost(ValueError):
@@ -288,9 +353,13 @@ def solve(cost: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Exact assignment for ``cost [B, n, m]`` (float32 or float64, n <= m) -> int64 ``[B, n]``.
 
     Instances run in parallel on up to ``threads`` numba threads (default: numba's
-    own setting). An instance the lazy solver hands back is solved by scipy's
-    dense ``linear_sum_assignment``.
+    own setting).
     """
+    return solve_with_status(cost, threads)[0]
+
+
+def solve_with_status(cost: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`solve`, plus each instance's status: ``OK`` (lazy solver) or ``DENSE`` (dense fallback)."""
     if cost.ndim != 3:
         raise ValueError(f"expected a [B, n, m] array, got shape {cost.shape}")
     B, n, m = cost.shape
@@ -310,6 +379,4 @@ def solve(cost: np.ndarray, threads: int | None = None) -> np.ndarray:
     bad = np.flatnonzero(status == NOT_FINITE)
     if bad.size:
         raise NonFiniteCost(f"cost matrix {int(bad[0])} of {B} has NaN or infinite entries")
-    for b in np.flatnonzero(status == DENSE):
-        out[b] = linear_sum_assignment(cost[b])[1]
-    return out
+    return out, status

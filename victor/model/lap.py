@@ -114,7 +114,7 @@ def _pop(keys, items, pos, size):
     return size
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _raise_level(bmin_row, level, order_row, q, i):
     """Row i's blocks with minimum ``level`` join its read list; returns the next level
     (the smallest block minimum above ``level``; inf when every block is read)."""
@@ -153,6 +153,20 @@ def _relax(C, r, d, ur, lo_val, hi_val, order_row, q_r, v, spc, path, done, touc
                 path[j] = r
                 size = _offer(keys, items, pos, size, j, val)
     return n_touched, size
+
+
+@njit(cache=True, inline="always")
+def _augment(sink, root, path, row4col, col4row):
+    """Flip the alternating path that Dijkstra found from ``root`` to the free column ``sink``."""
+    j = sink
+    while True:
+        r = path[j]
+        row4col[j] = r
+        prev = col4row[r]
+        col4row[r] = j
+        if r == root:
+            return
+        j = prev
 
 
 #: Status codes of `_solve_one`: solved; a NaN/inf cost; costs too uniform across rows for lazy
@@ -261,15 +275,7 @@ def _solve_one(C, col4row):
                 v[j] -= min_val - spc[j]
             spc[j] = inf
             done[j] = False
-        j = sink
-        while True:
-            r = path[j]
-            row4col[j] = r
-            prev = col4row[r]
-            col4row[r] = j
-            if r == root:
-                break
-            j = prev
+        _augment(sink, root, path, row4col, col4row)
     return OK
 
 
@@ -326,15 +332,7 @@ def _solve_dense(C, col4row):
         for j in range(m):
             if settled[j]:
                 v[j] -= min_val - spc[j]
-        j = sink
-        while True:
-            i = path[j]
-            row4col[j] = i
-            prev = col4row[i]
-            col4row[i] = j
-            if i == root:
-                break
-            j = prev
+        _augment(sink, root, path, row4col, col4row)
 
 
 @njit(cache=True, parallel=True)

@@ -16,6 +16,8 @@ positions come from `input_ids == image_token_id`; everything is a batched tenso
 """
 from __future__ import annotations
 
+import inspect
+
 import math
 from dataclasses import dataclass
 
@@ -113,6 +115,10 @@ def block_ids(input_ids, attention_mask, labels, image_token_id: int, n_visual: 
     return torch.where(in_prefix & attention_mask.bool(), 0, -1)
 
 
+# transformers renamed create_causal_mask's `past_key_values` to `cache` (5.2x); accept both.
+_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
 def build_attention_mask(text_config, inputs_embeds, attention_mask, position_ids, blocks):
     """4-D mask in the format of the active attention implementation (eager/sdpa/flex)."""
     if blocks is None:
@@ -121,9 +127,9 @@ def build_attention_mask(text_config, inputs_embeds, attention_mask, position_id
         config=text_config,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
-        past_key_values=None,
         position_ids=position_ids,
         block_sequence_ids=blocks,
+        **{_CACHE_ARG: None},
     )
 
 

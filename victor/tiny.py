@@ -180,13 +180,19 @@ def pretrain_vision(vision_dir: str | Path, world_dir: str | Path, steps: int = 
 
 
 def prepare_world(out_dir: str | Path, world=None, *, llm_layers: int = 2, vision_layers: int = 2, seed: int = 0,
-                  llm_pretrain_steps: int = 150, vision_pretrain_steps: int = 200):
+                  llm_pretrain_steps: int = 150, vision_pretrain_steps: int = 200, vision_image_size: int = 96,
+                  patch_size: int = 32):
     """The tiny recipe's inputs in one call: the world, its tokenizer, and tiny backbones.
 
     Writes `out_dir/{images,train,val}` (LLaVA JSON + benchmarks), `out_dir/backbones/vision`
     (pretrained on the training scenes' regions) and
     `out_dir/backbones/llm` (with the world's word-level tokenizer, text-pretrained on the
     training conversations). Reuses what exists.
+
+    The encoder sees the image at `vision_image_size` in patches of `patch_size`: by default
+    96 / 32, a 3x3 patch grid on the world's 3x3 grid of regions, so each visual token covers
+    one region (objects never cross a region border). With 8-pixel patches of a 64-pixel image
+    a 2-layer encoder this small cannot tell shapes apart (region probe at majority-class level).
     """
     from victor.data.world import WorldConfig, build_tokenizer, ensure_world, world_texts
 
@@ -196,7 +202,8 @@ def prepare_world(out_dir: str | Path, world=None, *, llm_layers: int = 2, visio
     vision_dir, llm_dir = backbones / "vision", backbones / "llm"
     if not (vision_dir / "config.json").exists() or not (llm_dir / "config.json").exists():
         tokenizer = build_tokenizer(world_texts(out_dir))
-        save_backbones(backbones, tokenizer, image_size=world.image_size, vision_layers=vision_layers,
+        save_backbones(backbones, tokenizer, image_size=vision_image_size, patch_size=patch_size,
+                       vision_layers=vision_layers,
                        llm_layers=llm_layers, seed=seed)
         if llm_pretrain_steps:
             pretrain_llm(llm_dir, [paths.stage15, paths.stage2], steps=llm_pretrain_steps, seed=seed)

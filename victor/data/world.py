@@ -541,7 +541,8 @@ def _human(question: str, rng: np.random.Generator, first: bool, last_prob: floa
 
 
 def _stage2_record(name: str, scene: dict, rng: np.random.Generator, cfg: WorldConfig, freq: dict) -> dict:
-    kind = _pick(rng, ["open"] * 5 + ["mc"] * 9 + ["pope"] * 3 + ["multi"] * 3)
+    # mostly multi-turn open questions: several supervised answers per image and step
+    kind = _pick(rng, ["open"] * 3 + ["mc"] * 6 + ["pope"] * 2 + ["multi"] * 9)
     convs: list[dict] = []
     qtypes: list[str] = []
     if kind == "open":
@@ -563,7 +564,7 @@ def _stage2_record(name: str, scene: dict, rng: np.random.Generator, cfg: WorldC
             c, s = negative_objects(scene, rng, _pick(rng, ["random", "popular", "adversarial"]), 1, freq)[0]
         turns = [(f"Is there {_phrase(c, s)} in the image?\n{SHORT_ANSWER_SUFFIX}", want, "existence")]
     else:
-        n = int(rng.integers(2, 4))
+        n = int(rng.integers(3, 6))
         types = [QUESTION_TYPES[int(i)] for i in rng.choice(len(QUESTION_TYPES), size=n, replace=False)]
         turns = []
         for qt in types:

@@ -26,9 +26,9 @@ PRESETS = {  # world size, backbone pretraining, steps per stage, seeds ("smoke"
                   pool_size=64),
     "quick": dict(n_train=600, n_val=60, llm_pretrain=100, vision_pretrain=100, stage1=60, stage15=60, stage2=150,
                   seeds=1, pool_size=128),
-    "default": dict(n_train=2000, n_val=100, llm_pretrain=120, vision_pretrain=200, stage1=150, stage15=120,
+    "default": dict(n_train=2000, n_val=300, llm_pretrain=120, vision_pretrain=200, stage1=600, stage15=120,
                     stage2=240, seeds=3, pool_size=256),
-    "full": dict(n_train=4000, n_val=300, llm_pretrain=300, vision_pretrain=300, stage1=300, stage15=600,
+    "full": dict(n_train=4000, n_val=300, llm_pretrain=300, vision_pretrain=300, stage1=600, stage15=600,
                  stage2=1200, seeds=3, pool_size=256),
 }
 # --ablate key=value -> comprehension option (recon=off sets the weight to zero)
@@ -56,10 +56,32 @@ def parse_args(argv):
     p.add_argument("--seeds", type=int, help="seeds per arm (default: 3; --quick: 1)")
     p.add_argument("--ablate", action="append", default=[], metavar="KEY=VALUE",
                    help=f"add an arm: victor with one option changed; keys: {', '.join(ABLATIONS)}, recon=off")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="CPU autocast precision")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="CPU autocast precision (auto: bf16 if this CPU multiplies bf16 faster than fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.set_defaults(preset="default")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.precision == "auto":
+        args.precision = fastest_precision()
+    return args
+
+
+def fastest_precision(size: int = 256, repeats: int = 20) -> str:
+    """bf16 autocast pays off only where the CPU has native bf16 matmuls (AVX512-BF16, AMX);
+    elsewhere it is several times slower than fp32. Time one matmul each way and pick."""
+    import time
+
+    import torch
+
+    def seconds(dtype) -> float:
+        x = torch.randn(size, size).to(dtype)
+        x @ x
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x @ x
+        return time.perf_counter() - start
+
+    return "bf16" if seconds(torch.bfloat16) < 0.8 * seconds(torch.float32) else "fp32"
 
 
 def make_arms(ablations: list[str]) -> list[Arm]:
@@ -207,10 +229,27 @@ def summary_tables(demo: Demo, results: dict) -> tuple[str, str, dict]:
                 rows = results[arm, s]["eval"][bench]["tables"].get(table, {})
                 for qtype, row in rows.items():
                     per_type.setdefault(f"{bench}:{qtype}", {}).setdefault(arm, []).append(row["accuracy"])
-    type_lines = ["| question type | " + " | ".join(arms) + " |", "|" + "---|" * (len(arms) + 1)]
+    majority = majority_answer_rates(demo.world.gqa)
+    type_lines = ["| question type | " + " | ".join(arms) + " | majority answer |", "|" + "---|" * (len(arms) + 2)]
     for key in sorted(per_type):
-        type_lines.append(f"| {key} | " + " | ".join(mean_std(per_type[key].get(a, [])) for a in arms) + " |")
+        bench, _, qtype = key.partition(":")
+        floor = f"{100 * majority[qtype]:.1f}" if bench == "gqa" and qtype in majority else "—"
+        type_lines.append(f"| {key} | " + " | ".join(mean_std(per_type[key].get(a, [])) for a in arms) + f" | {floor} |")
     return "\n".join(lines), "\n".join(type_lines), per_type
+
+
+def majority_answer_rates(questions_file) -> dict[str, float]:
+    """Per question type, the accuracy of always giving that type's most frequent answer:
+    the bar a model must clear to show it reads the image, not the answer prior."""
+    from collections import Counter
+
+    answers: dict[str, Counter] = {}
+    with open(questions_file) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                answers.setdefault(row.get("category", "?"), Counter())[row["answer"]] += 1
+    return {k: c.most_common(1)[0][1] / sum(c.values()) for k, c in answers.items()}
 
 
 def write_report(demo: Demo, stage1: Path, results: dict) -> Path:
@@ -224,7 +263,8 @@ def write_report(demo: Demo, stage1: Path, results: dict) -> Path:
     command = "victor demo " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["demo"] else \
         "victor demo"
     timings = "\n".join(f"| {k} | {v:.0f} s |" for k, v in demo.timings.items())
-    chance = "Chance: MMBench 25% (4 options; existence questions with 2 options: 50%), POPE accuracy 50%."
+    chance = ("Chance: MMBench 25% (4 options; existence questions with 2 options: 50%), POPE accuracy 50%; "
+              "open questions: see 'majority answer' below (always giving the most frequent answer).")
     text = f"""# victor demo: stage 1.5 (ViCToR) vs plain caption pretraining, in miniature
 
 Both arms start from the same stage-1 checkpoint, see the same stage-1.5 data for the same

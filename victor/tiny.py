@@ -85,7 +85,10 @@ def pretrain_llm(llm_dir: str | Path, data_files: list[str | Path], steps: int =
     """Give the tiny LLM the language of its world, as a real LLM arrives pretrained.
 
     Text-only causal LM training (HF Trainer) on the training conversations rendered with the
-    chat template, images removed. Saves back into `llm_dir`; returns the final training loss.
+    chat template, each image replaced by its detailed caption (the first file's caption
+    records give them): the model learns to answer questions from a scene written in its
+    context, the in-context lookup a real LLM brings and stage 2 relies on. Saves back into
+    `llm_dir`; returns the final training loss.
     """
     import tempfile
 
@@ -96,13 +99,22 @@ def pretrain_llm(llm_dir: str | Path, data_files: list[str | Path], steps: int =
 
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     model = AutoModelForCausalLM.from_pretrained(llm_dir)
+    records = [(path, i, r) for path in data_files for i, r in enumerate(read_records(path))]
+    captions = {}  # image -> its detailed caption
+    for path, i, record in records:
+        if path == data_files[0]:
+            _, messages, images = parse_record(record, f"{path}[{i}]")
+            if len(images) == 1:
+                captions[images[0]] = messages[-1]["content"]
     texts = []
-    for path in data_files:
-        for i, record in enumerate(read_records(path)):
-            _, messages, _ = parse_record(record, f"{path}[{i}]")
-            messages = [{**m, "content": m["content"].replace(IMAGE_TOKEN, "").strip()} for m in messages]
-            texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
-            texts += [tokenizer.apply_chat_template(m, tokenize=False) for m in _told_choice(messages)]
+    for path, i, record in records:
+        _, messages, images = parse_record(record, f"{path}[{i}]")
+        scene = " ".join(captions.get(image, "") for image in images)
+        if path == data_files[0]:
+            scene = ""  # the caption is the answer here: nothing to copy from
+        messages = [{**m, "content": m["content"].replace(IMAGE_TOKEN, scene).strip()} for m in messages]
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+        texts += [tokenizer.apply_chat_template(m, tokenize=False) for m in _told_choice(messages)]
     examples = [{"input_ids": tokenizer(t, truncation=True, max_length=256)["input_ids"]} for t in texts]
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,

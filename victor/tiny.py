@@ -99,19 +99,14 @@ def pretrain_llm(llm_dir: str | Path, data_files: list[str | Path], steps: int =
 
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     model = AutoModelForCausalLM.from_pretrained(llm_dir)
-    records = [(path, i, r) for path in data_files for i, r in enumerate(read_records(path))]
-    captions = {}  # image -> its detailed caption
-    for path, i, record in records:
-        if path == data_files[0]:
-            _, messages, images = parse_record(record, f"{path}[{i}]")
-            if len(images) == 1:
-                captions[images[0]] = messages[-1]["content"]
+    parsed = [(path == data_files[0], *parse_record(record, f"{path}[{i}]")[1:])
+              for path in data_files for i, record in enumerate(read_records(path))]
+    # image -> its detailed caption, from the first file's caption records
+    captions = {images[0]: messages[-1]["content"] for first, messages, images in parsed if first and len(images) == 1}
     texts = []
-    for path, i, record in records:
-        _, messages, images = parse_record(record, f"{path}[{i}]")
-        scene = " ".join(captions.get(image, "") for image in images)
-        if path == data_files[0]:
-            scene = ""  # the caption is the answer here: nothing to copy from
+    for first, messages, images in parsed:
+        # in the caption records the caption is the answer: nothing to copy from
+        scene = "" if first else " ".join(captions.get(image, "") for image in images)
         messages = [{**m, "content": m["content"].replace(IMAGE_TOKEN, scene).strip()} for m in messages]
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
         texts += [tokenizer.apply_chat_template(m, tokenize=False) for m in _told_choice(messages)]

@@ -17,7 +17,6 @@ positions come from `input_ids == image_token_id`; everything is a batched tenso
 from __future__ import annotations
 
 import inspect
-
 import math
 from dataclasses import dataclass
 

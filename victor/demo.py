@@ -24,11 +24,11 @@ from pathlib import Path
 PRESETS = {  # world size, backbone pretraining, steps per stage, seeds ("smoke" is for the tests)
     "smoke": dict(n_train=24, n_val=6, llm_pretrain=4, vision_pretrain=4, stage1=3, stage15=3, stage2=3, seeds=1,
                   pool_size=64),
-    "quick": dict(n_train=600, n_val=60, llm_pretrain=100, vision_pretrain=100, stage1=60, stage15=60, stage2=150,
+    "quick": dict(n_train=600, n_val=60, llm_pretrain=150, vision_pretrain=100, stage1=60, stage15=60, stage2=150,
                   seeds=1, pool_size=128),
-    "default": dict(n_train=2000, n_val=300, llm_pretrain=120, vision_pretrain=200, stage1=600, stage15=120,
+    "default": dict(n_train=2000, n_val=300, llm_pretrain=300, vision_pretrain=200, stage1=600, stage15=120,
                     stage2=240, seeds=3, pool_size=256),
-    "full": dict(n_train=4000, n_val=300, llm_pretrain=300, vision_pretrain=300, stage1=600, stage15=600,
+    "full": dict(n_train=4000, n_val=300, llm_pretrain=600, vision_pretrain=300, stage1=600, stage15=600,
                  stage2=1200, seeds=3, pool_size=256),
 }
 # --ablate key=value -> comprehension option (recon=off sets the weight to zero)

@@ -107,3 +107,29 @@ def test_pretraining_teaches_the_llm_to_read_the_slots(setup, tmp_path):
     with torch.no_grad():
         own, wrong = reader(**batch).loss.item(), reader(**shuffled).loss.item()
     assert own < 0.8 * wrong, (own, wrong)
+
+
+def test_prepare_world_reuses_matching_backbones_and_rebuilds_others(tmp_path):
+    import json
+
+    from victor.tiny import BACKBONES_FORMAT, prepare_world
+
+    world = WorldConfig(seed=1, n_train=12, n_val=4)
+    kw = dict(llm_pretrain_steps=2, vision_pretrain_steps=2)
+    _, vision, llm = prepare_world(tmp_path, world, **kw)
+    record = tmp_path / "backbones" / "victor_backbones.json"
+    assert json.loads(record.read_text())["format"] == BACKBONES_FORMAT
+    weights = tmp_path / "backbones" / "llm" / "model.safetensors"
+    first = weights.stat().st_mtime_ns
+    prepare_world(tmp_path, world, **kw)  # same arguments: reused
+    assert weights.stat().st_mtime_ns == first
+    prepare_world(tmp_path, world, llm_pretrain_steps=3, vision_pretrain_steps=2)  # other steps: rebuilt
+    assert weights.stat().st_mtime_ns != first
+    assert json.loads(record.read_text())["llm_pretrain_steps"] == 3
+    # backbones without a record (an older victor, or a run killed mid-way) are rebuilt
+    record.unlink()
+    again = weights.stat().st_mtime_ns
+    prepare_world(tmp_path, world, llm_pretrain_steps=3, vision_pretrain_steps=2)
+    assert record.exists() and weights.stat().st_mtime_ns != again
+    assert not (tmp_path / "backbones.partial").exists()
+    assert AutoTokenizer.from_pretrained(llm).convert_tokens_to_ids("<image>") == 4

@@ -129,7 +129,7 @@ def scene_examples(tokenizer, world_dir: str | Path, max_length: int = 384) -> l
             _, messages, images = parse_record(record, f"{path}[{i}]")
             variants = [messages] + (_told_choice(messages) if template == "chat" else [])
             for msgs in variants:
-                if images and IMAGE_TOKEN not in msgs[0]["content"]:
+                if images and IMAGE_TOKEN not in msgs[0]["content"]:  # a told-answer turn cut from later on
                     msgs = [{**msgs[0], "content": IMAGE_TOKEN * len(images) + "\n" + msgs[0]["content"]}, *msgs[1:]]
                 rendered = expand_images(TEMPLATES[template](tokenizer, msgs), grid)
                 ids, labels = tokenize_with_labels(tokenizer, rendered)
@@ -143,21 +143,14 @@ def scene_examples(tokenizer, world_dir: str | Path, max_length: int = 384) -> l
 def collate_scenes(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ids/labels/mask, plus `slot_words` [batch, slots, words] (0 = no word) and
     `slot_valid` [batch, slots] (False for padding slots)."""
-    from victor.data.collate import IGNORE
+    from victor.data.collate import pad_batch
 
-    width = max(len(e["input_ids"]) for e in batch)
     n_slots = max(1, max(len(e["slots"]) for e in batch))
     words = max((len(s) for e in batch for s in e["slots"]), default=1)
-    out = {"input_ids": torch.full((len(batch), width), pad_id),
-           "attention_mask": torch.zeros(len(batch), width, dtype=torch.long),
-           "labels": torch.full((len(batch), width), IGNORE),
-           "slot_words": torch.zeros(len(batch), n_slots, words, dtype=torch.long),
-           "slot_valid": torch.zeros(len(batch), n_slots, dtype=torch.bool)}
+    out = pad_batch(batch, pad_id)
+    out["slot_words"] = torch.zeros(len(batch), n_slots, words, dtype=torch.long)
+    out["slot_valid"] = torch.zeros(len(batch), n_slots, dtype=torch.bool)
     for row, e in enumerate(batch):
-        n = len(e["input_ids"])
-        out["input_ids"][row, :n] = torch.tensor(e["input_ids"])
-        out["labels"][row, :n] = torch.tensor(e["labels"])
-        out["attention_mask"][row, :n] = 1
         out["slot_valid"][row, :len(e["slots"])] = True
         for k, ids in enumerate(e["slots"]):
             out["slot_words"][row, k, :len(ids)] = torch.tensor(ids, dtype=torch.long)

@@ -89,6 +89,21 @@ def tokenize_with_labels(tokenizer, rendered: Rendered) -> tuple[list[int], list
     return list(ids), labels.tolist()
 
 
+def pad_batch(encoded: list[dict], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """`input_ids`/`labels` lists -> padded `input_ids`, `attention_mask`, `labels` tensors."""
+    width = max(len(e["input_ids"]) for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        n = len(e["input_ids"])
+        cols = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        input_ids[row, cols] = torch.tensor(e["input_ids"])
+        labels[row, cols] = torch.tensor(e["labels"])
+        attention[row, cols] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
 class LlavaCollator:
     """Callable for a DataLoader/Trainer. Broken samples are dropped and counted in `skipped`."""
 
@@ -124,18 +139,7 @@ class LlavaCollator:
         return self.pad(encoded)
 
     def pad(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in encoded)
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, e in enumerate(encoded):
-            n = len(e["input_ids"])
-            cols = slice(0, n) if self.padding_side == "right" else slice(width - n, width)
-            input_ids[row, cols] = torch.tensor(e["input_ids"])
-            labels[row, cols] = torch.tensor(e["labels"])
-            attention[row, cols] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        batch = pad_batch(encoded, self.tokenizer.pad_token_id, self.padding_side)
         images = [img for e in encoded for img in e["images"]]
         if images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]

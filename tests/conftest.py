@@ -24,7 +24,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'
 
 def make_tokenizer(chatml: bool = False):
     """A word-level tokenizer with the vicuna chat template, or a Qwen-like ChatML one."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from victor.data.templates import TEMPLATE_TEXT, VICUNA_CHAT_TEMPLATE
@@ -53,7 +53,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def backbones(tmp_path_factory):
     """Saved tiny CLIP + Llama directories: the real from_pretrained path, no network."""
-    from victor.tiny import save_backbones
+    from victor.tiny.backbones import save_backbones
 
     out = tmp_path_factory.mktemp("backbones")
     return save_backbones(out, make_tokenizer(), image_size=32, patch_size=8, vision_hidden=32,

@@ -4,13 +4,17 @@ import sys
 
 import pytest
 import torch
+from conftest import make_tokenizer
 from PIL import Image
-from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor, LlavaForConditionalGeneration
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    LlavaForConditionalGeneration,
+)
 
 from victor.model.assemble import AssemblyError, build_model, load_model
-from victor.tiny import save_backbones
-
-from conftest import make_tokenizer
+from victor.tiny.backbones import save_backbones
 
 
 def prompt_inputs(processor, n=1):

@@ -5,8 +5,20 @@ import pytest
 import torch
 from PIL import Image
 
-from victor.data.collate import IGNORE, LlavaCollator, TemplateError, expand_images, render_chat
-from victor.data.llava import DataFormatError, LlavaDataset, Sample, parse_record, read_records
+from victor.data.collate import (
+    IGNORE,
+    LlavaCollator,
+    TemplateError,
+    expand_images,
+    render_chat,
+)
+from victor.data.llava import (
+    DataFormatError,
+    LlavaDataset,
+    Sample,
+    parse_record,
+    read_records,
+)
 from victor.data.templates import Rendered
 
 

@@ -12,7 +12,12 @@ from PIL import Image
 
 from victor.eval import BENCHMARKS, BenchmarkFormatError, get_benchmark
 from victor.eval.benchmarks import MC_SUFFIX, SHORT_SUFFIX
-from victor.eval.run import compare_runs, format_summary_table, read_predictions, run_benchmark
+from victor.eval.run import (
+    compare_runs,
+    format_summary_table,
+    read_predictions,
+    run_benchmark,
+)
 
 
 def png_b64(color, size=(2, 2)):

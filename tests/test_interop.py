@@ -55,7 +55,8 @@ def test_pipeline_and_stock_generate_match_victor_chat(checkpoint):
 
 
 def test_eval_runner_end_to_end_on_world_files(checkpoint, tmp_path):
-    from victor.data.world import WorldConfig, generate_world
+    from victor.tiny.scenes import WorldConfig
+    from victor.tiny.world import generate_world
 
     world = generate_world(tmp_path / "w", WorldConfig(n_train=4, n_val=6, image_size=32))
     gen = Generator(str(checkpoint))

@@ -269,7 +269,7 @@ def test_distinct_argmins_are_the_answer():
 
 
 def test_matching_benchmark_runs_small_and_agrees_with_scipy():
-    from victor.model.matching_bench import format_table, run_benchmark
+    from victor.bench.matching import format_table, run_benchmark
 
     rows = run_benchmark(images=2, masked=24, pool=64, dim=16, threads=1, seed=0, clusters=4, noise=1.0, repeats=1)
     assert {r["init"] for r in rows} == {"unit", "tokens", "paper"}

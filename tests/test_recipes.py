@@ -3,15 +3,14 @@ import json
 from importlib import resources
 
 import pytest
+from conftest import make_tokenizer
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from victor.config import parse_recipe
+from victor.tiny.backbones import save_backbones
 from victor.train.run import train_from_recipe
-from victor.tiny import save_backbones
-
-from conftest import make_tokenizer
 
 RECIPES = resources.files("victor") / "recipes"
 
@@ -21,12 +20,13 @@ def test_recipes_parse_with_published_hyperparameters(name):
     # bf16 recipes are validated against the hardware: parse as a CPU run would
     parsed = {s: parse_recipe(RECIPES / name / f"{s}.yaml", ["--use_cpu", "True"])
               for s in ("stage1", "stage1_5", "stage2")}
-    m1, _, st1, _, t1 = parsed["stage1"]
-    m15, d15, st15, c15, t15 = parsed["stage1_5"]
-    _, _, st2, _, t2 = parsed["stage2"]
+    r1, r15, r2 = parsed["stage1"], parsed["stage1_5"], parsed["stage2"]
+    m1, st1, t1 = r1.model, r1.stage, r1.training
+    d15, st15, c15, t15 = r15.data, r15.stage, r15.comprehension, r15.training
+    st2, t2 = r2.stage, r2.training
     assert (st1.stage, st15.stage, st2.stage) == ("1", "1.5", "2")
     assert c15.mask_ratio == 0.75 and c15.matching == "hungarian" and c15.recon_weight == 10.0
-    assert c15.recon_beta == 0.01 and st15.pool_lr == 1.5e-4
+    assert c15.recon_beta == 0.01 and c15.pool_lr == 1.5e-4
     if name == "tiny":
         return
     n_gpus = 8

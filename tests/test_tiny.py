@@ -6,8 +6,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from victor.data.collate import IGNORE
-from victor.data.world import POSITIONS, WorldConfig, build_tokenizer, generate_world, load_scenes, world_texts
-from victor.tiny import SceneReader, collate_scenes, pretrain_llm, save_backbones, scene_examples, scene_slots
+from victor.tiny.backbones import save_backbones
+from victor.tiny.pretrain import (
+    SceneReader,
+    collate_scenes,
+    pretrain_llm,
+    scene_examples,
+    scene_slots,
+)
+from victor.tiny.scenes import POSITIONS, WorldConfig
+from victor.tiny.world import build_tokenizer, generate_world, load_scenes, world_texts
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +120,7 @@ def test_pretraining_teaches_the_llm_to_read_the_slots(setup, tmp_path):
 def test_prepare_world_reuses_matching_backbones_and_rebuilds_others(tmp_path):
     import json
 
-    from victor.tiny import BACKBONES_FORMAT, prepare_world
+    from victor.tiny.prepare import BACKBONES_FORMAT, prepare_world
 
     world = WorldConfig(seed=1, n_train=12, n_val=4)
     kw = dict(llm_pretrain_steps=2, vision_pretrain_steps=2)

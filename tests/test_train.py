@@ -118,7 +118,7 @@ def test_per_module_learning_rates(backbones, data, tmp_path):
 
     model, processor = build_model(*backbones)
     apply_freezing(model, resolve_stage("2", train_vision=True))
-    args = parse_recipe(None, common(data, tmp_path, "chat.json"))[-1]
+    args = parse_recipe(None, common(data, tmp_path, "chat.json")).training
     trainer = VictorTrainer(model=model, args=args, processing_class=processor,
                             module_lrs={"projector": 1e-3, "vision": 2e-6, "llm": None})
     groups = {(g["module"], g["weight_decay"] > 0 or args.weight_decay == 0): g["lr"]
@@ -129,7 +129,8 @@ def test_per_module_learning_rates(backbones, data, tmp_path):
 def test_recipe_yaml_with_cli_override(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("stage: '1.5'\nllm: x\nvision: y\nmax_steps: 5\noutput_dir: o\nattention: prefix\n")
-    model, _, stage, comp, training = parse_recipe(recipe, ["--max_steps", "7", "--pool_size", "64"])
+    r = parse_recipe(recipe, ["--max_steps", "7", "--pool_size", "64"])
+    model, stage, comp, training = r.model, r.stage, r.comprehension, r.training
     assert (stage.stage, training.max_steps, comp.attention, comp.pool_size, model.llm) == ("1.5", 7, "prefix", 64, "x")
     with pytest.raises(SystemExit, match="--no_such_option"):
         parse_recipe(recipe, ["--no_such_option", "1"])

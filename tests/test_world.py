@@ -18,8 +18,10 @@ import pytest
 from PIL import Image
 
 from victor.data import templates
-from victor.data import world as W
-from victor.data.world import (
+from victor.tiny import scenes as S
+from victor.tiny import texts as T
+from victor.tiny import world as W
+from victor.tiny.scenes import (
     COLOURS,
     MC_SUFFIX,
     MMBENCH_COLUMNS,
@@ -29,10 +31,8 @@ from victor.data.world import (
     SHAPES,
     SHORT_ANSWER_SUFFIX,
     WorldConfig,
-    build_tokenizer,
-    generate_world,
-    world_texts,
 )
+from victor.tiny.world import build_tokenizer, generate_world, world_texts
 
 IMG = templates.IMAGE_TOKEN
 CFG = WorldConfig(seed=0, n_train=40, n_val=20)
@@ -78,7 +78,7 @@ def _all_files(root: Path) -> dict[str, bytes]:
 def oracle(scene: dict, q: str) -> str:
     objs = scene["objects"]
     q = q.split("\n")[0]
-    plural = {v: k for k, v in W.SHAPE_PLURALS.items()}
+    plural = {v: k for k, v in S.SHAPE_PLURALS.items()}
 
     def only(pred):
         hits = [o for o in objs if pred(o)]
@@ -196,7 +196,7 @@ def test_stage15_schema_and_detailed_captions(world, scenes):
         _check_conversation_record(rec, world.images, with_image=True)
         human = rec["conversations"][0]["value"]
         placements["first" if human.startswith(IMG) else "last"] += 1
-        assert human.replace(IMG, "").strip() in W.DETAIL_PROMPTS
+        assert human.replace(IMG, "").strip() in S.DETAIL_PROMPTS
         cap = rec["conversations"][1]["value"]
         scene = scenes[rec["image"]]
         objs = scene["objects"]
@@ -205,7 +205,7 @@ def test_stage15_schema_and_detailed_captions(world, scenes):
         described = re.findall(r"an? (small|large) (\w+) (\w+) is at the ([a-z ]+?) \.", cap)
         assert described == [(o["size"], o["colour"], o["shape"], o["position"]) for o in objs]
         bg = scene["background"]
-        assert cap.endswith(W.background_sentence(scene))
+        assert cap.endswith(T.background_sentence(scene))
         assert ("thin lines" in cap) == (bg["lines"] > 0) and ("small dots" in cap) == (bg["dots"] > 0)
     assert placements["first"] > 0 and placements["last"] > 0
 
@@ -322,7 +322,7 @@ def test_mmbench_tsv(world, scenes):
         reader = csv.DictReader(f, delimiter="\t")
         assert reader.fieldnames == MMBENCH_COLUMNS
         rows = list(reader)
-    base = [r for r in rows if int(r["index"]) < W.CIRCULAR_OFFSET]
+    base = [r for r in rows if int(r["index"]) < S.CIRCULAR_OFFSET]
     assert [int(r["index"]) for r in base] == list(range(CFG.n_val))
     assert Counter(r["category"] for r in base) == {t: CFG.n_val // 5 for t in QUESTION_TYPES}
     by_index = {int(r["index"]): r for r in rows}
@@ -347,19 +347,19 @@ def test_mmbench_tsv(world, scenes):
         assert len(set(opts)) == len(opts)
         if r["D"]:
             for k in (1, 2, 3):
-                c = by_index[i + k * W.CIRCULAR_OFFSET]
+                c = by_index[i + k * S.CIRCULAR_OFFSET]
                 assert c["question"] == r["question"] and c["image"] == r["image"]
                 assert [c[x] for x in "ABCD"] == opts[k:] + opts[:k]
                 assert c[c["answer"]] == correct
         else:
-            assert all(i + k * W.CIRCULAR_OFFSET not in by_index for k in (1, 2, 3))
+            assert all(i + k * S.CIRCULAR_OFFSET not in by_index for k in (1, 2, 3))
 
 
 def test_mc_prompt_is_llava_mmbench_format():
-    p = W.format_mc_prompt("What colour is the circle?", ["red", "blue", "green", "white"], hint="A hint.")
+    p = T.format_mc_prompt("What colour is the circle?", ["red", "blue", "green", "white"], hint="A hint.")
     assert p == ("A hint.\nWhat colour is the circle?\nA. red\nB. blue\nC. green\nD. white\n"
                  "Answer with the option's letter from the given choices directly.")
-    assert W.format_mc_prompt("Q?", ["yes", "no"]) == "Q?\nA. yes\nB. no\n" + MC_SUFFIX
+    assert T.format_mc_prompt("Q?", ["yes", "no"]) == "Q?\nA. yes\nB. no\n" + MC_SUFFIX
 
 
 # ---------------------------------------------------------------------------------- POPE
@@ -423,34 +423,34 @@ def test_meta(world):
 # ---------------------------------------------------------------------------------- tokenizer
 
 def test_tokenizer_special_tokens_and_image(tok):
-    assert [tok.convert_tokens_to_ids(t) for t in W.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert [tok.convert_tokens_to_ids(t) for t in S.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     assert (tok.pad_token, tok.unk_token, tok.bos_token, tok.eos_token) == ("<pad>", "<unk>", "<s>", "</s>")
     assert tok.model_max_length == 1024
     assert tok.chat_template == templates.VICUNA_CHAT_TEMPLATE
     ids = tok("<image><image>", add_special_tokens=False).input_ids
-    assert ids == [W.IMAGE_ID, W.IMAGE_ID]
-    assert tok("<image><image>").input_ids == [W.BOS_ID, W.IMAGE_ID, W.IMAGE_ID]
+    assert ids == [S.IMAGE_ID, S.IMAGE_ID]
+    assert tok("<image><image>").input_ids == [S.BOS_ID, S.IMAGE_ID, S.IMAGE_ID]
     assert tok.decode(ids) == "<image><image>"
     enc = tok("<image><image>", add_special_tokens=False, return_offsets_mapping=True)
     assert enc["offset_mapping"] == [(0, 7), (7, 14)]
     ids = tok("<image>\nWhat colour is it?", add_special_tokens=False).input_ids
-    assert ids[0] == W.IMAGE_ID and ids.count(W.IMAGE_ID) == 1 and W.UNK_ID not in ids
+    assert ids[0] == S.IMAGE_ID and ids.count(S.IMAGE_ID) == 1 and S.UNK_ID not in ids
 
 
 def test_tokenizer_template_words_known(tok):
     for text in ("USER:", "ASSISTANT:", templates.VICUNA_SYSTEM, templates.TEMPLATE_TEXT,
                  "A B C D a b c d 0 1 2 3 4 5 6 7 8 9", SHORT_ANSWER_SUFFIX, MC_SUFFIX):
         ids = tok(text, add_special_tokens=False).input_ids
-        assert ids and W.UNK_ID not in ids, text
+        assert ids and S.UNK_ID not in ids, text
     assert tok.convert_ids_to_tokens(tok("USER:", add_special_tokens=False).input_ids) == ["user", ":"]
-    assert tok("qwertyuiop", add_special_tokens=False).input_ids == [W.UNK_ID]
+    assert tok("qwertyuiop", add_special_tokens=False).input_ids == [S.UNK_ID]
 
 
 def test_tokenizer_covers_world_and_offsets(tok, world):
     n = 0
     for t in world_texts(world.root):
         ids = tok(t, add_special_tokens=False).input_ids
-        assert W.UNK_ID not in ids, t
+        assert S.UNK_ID not in ids, t
         n += 1
     assert n > 5 * CFG.n_train
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the star?"}]},
@@ -459,7 +459,7 @@ def test_tokenizer_covers_world_and_offsets(tok, world):
     assert text == templates.VICUNA_SYSTEM + " USER: <image>\nWhat colour is the star? ASSISTANT: red</s>"
     enc = tok(text, return_offsets_mapping=True)
     toks = tok.convert_ids_to_tokens(enc.input_ids)
-    assert W.UNK_ID not in enc.input_ids and toks.count("<image>") == 1 and toks[-1] == "</s>"
+    assert S.UNK_ID not in enc.input_ids and toks.count("<image>") == 1 and toks[-1] == "</s>"
     # offsets point back at the original characters (case preserved)
     for tid, (s, e) in zip(enc.input_ids[1:], enc["offset_mapping"][1:]):
         assert text[s:e].lower() == tok.convert_ids_to_tokens(tid)
@@ -483,7 +483,7 @@ def test_tokenizer_save_reload_identical(tok):
     assert t2.model_max_length == 1024
     batch = t2(["a red circle", "<image> a"], padding=True)
     a_id = t2.convert_tokens_to_ids("a")
-    assert batch.input_ids[1] == [W.BOS_ID, W.IMAGE_ID, a_id, W.PAD_ID]  # right padding
+    assert batch.input_ids[1] == [S.BOS_ID, S.IMAGE_ID, a_id, S.PAD_ID]  # right padding
     assert batch.attention_mask[1] == [1, 1, 1, 0]
 
 

@@ -8,8 +8,8 @@ import sys
 
 
 def _synth(args):
-    from victor.data.world import WorldConfig
-    from victor.tiny import prepare_world
+    from victor.tiny.prepare import prepare_world
+    from victor.tiny.scenes import WorldConfig
 
     cfg = WorldConfig(seed=args.seed, n_train=args.n_train, n_val=args.n_val, image_size=args.image_size)
     paths, vision, llm = prepare_world(args.output, cfg)
@@ -67,7 +67,7 @@ def _compare(args):
 
 
 def _demo(argv):
-    from victor.demo import main as demo_main
+    from victor.demo.run import main as demo_main
 
     demo_main(argv)
 
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+")
 
     sub.add_parser("demo", help="the main job: tiny world -> stages -> eval -> report", add_help=False)
-    sub.add_parser("bench", help="benchmarks: `victor bench matching`", add_help=False)
+    sub.add_parser("bench", help="timing: `victor bench step`, `victor bench matching`", add_help=False)
     return p
 
 

@@ -1,60 +1,138 @@
-"""Typed configuration: dataclasses parsed by HfArgumentParser from a YAML recipe + CLI overrides.
+"""Typed configuration: the dataclasses a YAML recipe and the command line map onto.
 
 A recipe is a flat YAML mapping whose keys are fields of the dataclasses below or of
 `transformers.TrainingArguments`. `victor train recipe.yaml --max_steps 50` parses the recipe
-first and the command line after it, so the command line wins.
+first and the command line after it, so the command line wins. Choices are `Literal` types,
+so `victor train --help` lists them and a wrong value is refused before anything is loaded.
+Inside the package, options change through `Recipe.replace(name=value)`: typed values, no
+command-line strings.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from victor.model.comprehension import ComprehensionConfig
+PoolInit = Literal["tokens", "unit", "paper"]
+Matching = Literal["hungarian", "nearest"]
+Attention = Literal["causal", "bidirectional-visual", "prefix"]
+ReconHead = Literal["linear", "transformer"]
+ReconTarget = Literal["projector", "vision"]
+ReconPositions = Literal["all", "masked"]
+StageName = Literal["1", "1.5", "2"]
+Template = Literal["plain", "chat"]
+FeatureSelect = Literal["default", "full"]
+
+ATTENTION_MODES: tuple[str, ...] = get_args(Attention)
+POOL_INITS: tuple[str, ...] = get_args(PoolInit)
+MATCHERS: tuple[str, ...] = get_args(Matching)
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelArguments:
-    vision: str | None = field(default=None, metadata={"help": "vision encoder: hub id or directory"})
-    llm: str | None = field(default=None, metadata={"help": "causal LM: hub id or directory"})
-    tokenizer: str | None = field(default=None, metadata={"help": "defaults to the LLM's tokenizer"})
-    init_from: str | None = field(default=None, metadata={"help": "a previous stage's output directory"})
-    vision_feature_layer: int = -2
-    vision_feature_select_strategy: str = field(default="default", metadata={"help": "default (drop CLS) | full"})
-    normalize_projector: bool = field(default=False, metadata={"help": "L2-normalise projector outputs (authors' option)"})
-    chat_template: str | None = field(default=None, metadata={"help": "'vicuna', a Jinja string, or the tokenizer's own"})
-    attn_implementation: str = "sdpa"
+    vision: str | None = _opt(None, "vision encoder: hub id or directory (CLIP, SigLIP, ...)")
+    llm: str | None = _opt(None, "causal LM: hub id or directory (Llama, Qwen2, ...)")
+    tokenizer: str | None = _opt(None, "tokenizer hub id or directory; defaults to the LLM's")
+    init_from: str | None = _opt(None, "a previous stage's output directory (replaces vision + llm)")
+    vision_feature_layer: int = _opt(-2, "encoder layer whose features feed the projector")
+    vision_feature_select_strategy: FeatureSelect = _opt("default", "default: drop the CLS token; full: keep it")
+    normalize_projector: bool = _opt(False, "L2-normalise projector outputs per token (both published recipes)")
+    chat_template: str | None = _opt(None, "'vicuna', a Jinja template string, or (unset) the tokenizer's own")
+    attn_implementation: str = _opt("sdpa", "eager | sdpa | flex_attention | flash_attention_2")
 
 
 @dataclass
 class DataArguments:
-    data_path: str = field(default="", metadata={"help": "LLaVA JSON/JSONL file(s), comma-separated"})
-    image_root: str | None = None
-    max_length: int = 2048
-    template: str | None = field(default=None, metadata={"help": "plain | chat; defaults to the stage's"})
+    data_path: str = _opt("", "LLaVA conversation JSON/JSONL file(s), comma-separated")
+    image_root: str | None = _opt(None, "folder the records' image paths are relative to")
+    max_length: int = _opt(2048, "tokens per sample; longer samples are cut after their last image")
+    template: Template | None = _opt(None, "plain | chat; defaults to the stage's")
 
 
 @dataclass
 class StageArguments:
-    stage: str = field(default="1", metadata={"help": "1 | 1.5 | 2"})
-    train_vision: bool = False
-    comprehension: bool = field(default=True, metadata={"help": "stage 1.5 only: False = plain caption baseline"})
-    projector_lr: float | None = None
-    llm_lr: float | None = None
-    vision_lr: float | None = None
-    pool_lr: float | None = 1.5e-4
-    head_lr: float | None = None
+    stage: StageName = _opt("1", "1: projector alignment, 1.5: visual comprehension, 2: instruction tuning")
+    train_vision: bool = _opt(False, "also train the vision tower (ViCToR, stages 1.5 and 2)")
+    comprehension: bool = _opt(True, "stage 1.5 only; False runs the plain detailed-caption baseline")
+    projector_lr: float | None = _opt(None, "projector learning rate (default: learning_rate)")
+    llm_lr: float | None = _opt(None, "LLM learning rate (default: learning_rate)")
+    vision_lr: float | None = _opt(None, "vision tower learning rate (default: learning_rate)")
 
 
 @dataclass
-class ComprehensionArguments(ComprehensionConfig):
-    def to_config(self) -> ComprehensionConfig:
-        return ComprehensionConfig(**{f.name: getattr(self, f.name) for f in fields(ComprehensionConfig)})
+class ComprehensionConfig:
+    """Stage 1.5 (ViCToR / Croc): every setting of the method, its learning rates included."""
+
+    pool_size: int = _opt(2048, "rows of the learnable visual token pool")
+    pool_init: PoolInit = _opt(
+        "tokens", "tokens: rows seeded from real projected visual tokens; unit: random unit rows; "
+                  "paper: the published standard-normal init (degenerate matching)")
+    pool_lr: float | None = _opt(1.5e-4, "pool learning rate (default: learning_rate)")
+    head_lr: float | None = _opt(None, "reconstruction head learning rate (default: learning_rate)")
+    mask_ratio: float = _opt(0.75, "share of each image's visual tokens replaced by pool rows, in (0, 1]")
+    matching: Matching = _opt("hungarian", "hungarian: exact one-to-one minimum cost; nearest: per-token argmin")
+    attention: Attention = _opt(
+        "causal", "causal; bidirectional-visual: each image's tokens see each other (Croc paper); "
+                  "prefix: the whole prompt before the first answer token is bidirectional (Croc code)")
+    recon_head: ReconHead = _opt("linear", "linear (ViCToR) | transformer: one layer + positions + linear (Croc)")
+    recon_target: ReconTarget = _opt("projector", "projector: normalised projector output | vision: encoder features")
+    recon_positions: ReconPositions = _opt("all", "all visual positions (published) | masked ones only")
+    recon_weight: float = _opt(10.0, "weight of the reconstruction loss")
+    recon_beta: float = _opt(0.01, "SmoothL1 beta of the reconstruction loss")
+
+    def validate(self, n_visual: int) -> None:
+        """Raise a configuration error before training starts, never mid-run."""
+        for name, hint in get_type_hints(type(self)).items():
+            if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(get_args(hint))}")
+        if not 0.0 < self.mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio={self.mask_ratio} must be in (0, 1]")
+        if self.pool_size < 1:
+            raise ValueError(f"pool_size={self.pool_size} must be >= 1")
+        n_masked = self.masked_count(n_visual)
+        if self.matching == "hungarian" and self.pool_size < n_masked:
+            raise ValueError(
+                f"Hungarian matching is one-to-one: the pool has {self.pool_size} rows but "
+                f"{n_masked} of {n_visual} visual tokens per image are masked; raise pool_size "
+                f"to >= {n_masked} or lower mask_ratio"
+            )
+
+    def masked_count(self, n_visual: int) -> int:
+        return max(1, round(self.mask_ratio * n_visual))
 
 
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, StageArguments, ComprehensionArguments, TrainingArguments)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, StageArguments, ComprehensionConfig, TrainingArguments)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One stage's whole configuration, as parsed from a recipe and its overrides."""
+
+    model: ModelArguments
+    data: DataArguments
+    stage: StageArguments
+    comprehension: ComprehensionConfig
+    training: TrainingArguments
+
+    def replace(self, **changes) -> Recipe:
+        """A copy with options changed by name, each routed to the dataclass that owns it."""
+        parts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        owners = {f.name: part for part, obj in parts.items() for f in dataclasses.fields(obj) if f.init}
+        unknown = sorted(set(changes) - set(owners))
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
+        for part in set(owners[k] for k in changes):
+            mine = {k: v for k, v in changes.items() if owners[k] == part}
+            parts[part] = dataclasses.replace(parts[part], **mine)
+        return Recipe(**parts)
 
 
 def yaml_to_argv(path: str | Path) -> list[str]:
@@ -70,12 +148,11 @@ def yaml_to_argv(path: str | Path) -> list[str]:
     return argv
 
 
-def parse_recipe(recipe: str | Path | None, overrides: list[str] | None = None):
-    """-> (ModelArguments, DataArguments, StageArguments, ComprehensionArguments, TrainingArguments)."""
+def parse_recipe(recipe: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """A YAML recipe (optional) + command-line style overrides -> Recipe."""
     parser = HfArgumentParser(ARGUMENT_CLASSES)
     argv = (yaml_to_argv(recipe) if recipe else []) + list(overrides or [])
-    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    *args, unknown = parsed
+    *args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         raise SystemExit(f"unknown options: {' '.join(unknown)} (from {recipe or 'the command line'})")
-    return tuple(args)
+    return Recipe(*args)

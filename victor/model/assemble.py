@@ -25,7 +25,10 @@ from transformers import (
 
 from victor.data.collate import processed_image_size
 from victor.data.templates import IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE
-from victor.model.normalized import VictorLlavaConfig, VictorLlavaForConditionalGeneration
+from victor.model.normalized import (
+    VictorLlavaConfig,
+    VictorLlavaForConditionalGeneration,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,10 @@ def build_model(
 
 def load_model(path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
     """Load a victor/LLaVA checkpoint (plain `llava` or `victor_llava`) and its processor."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor  # victor_llava is registered on import
+    from transformers import (  # victor_llava is registered on import
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
 
     kwargs = {"dtype": dtype} if dtype is not None else {}
     if attn_implementation:

@@ -18,57 +18,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import create_causal_mask
 
+from victor.config import ComprehensionConfig
 from victor.model import matching
-
-ATTENTION_MODES = ("causal", "bidirectional-visual", "prefix")
-POOL_INITS = ("tokens", "unit", "paper")
-
-
-@dataclass
-class ComprehensionConfig:
-    pool_size: int = 2048
-    pool_init: str = "tokens"  # tokens: rows seeded from the first batch's visual tokens; unit; paper (std-1 normal)
-    mask_ratio: float = 0.75
-    matching: str = "hungarian"  # hungarian | nearest
-    attention: str = "causal"  # causal | bidirectional-visual | prefix
-    recon_head: str = "linear"  # linear (ViCToR) | transformer (Croc)
-    recon_target: str = "projector"  # projector (normalised projector output) | vision (encoder features)
-    recon_positions: str = "all"  # all (published) | masked
-    recon_weight: float = 10.0
-    recon_beta: float = 0.01
-
-    def validate(self, n_visual: int) -> None:
-        """Raise a configuration error before training starts, never mid-run."""
-        choices = {
-            "pool_init": POOL_INITS,
-            "matching": ("hungarian", "nearest"),
-            "attention": ATTENTION_MODES,
-            "recon_head": ("linear", "transformer"),
-            "recon_target": ("projector", "vision"),
-            "recon_positions": ("all", "masked"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"comprehension.{name}={getattr(self, name)!r}; choose one of {allowed}")
-        if not 0.0 < self.mask_ratio <= 1.0:
-            raise ValueError(f"comprehension.mask_ratio={self.mask_ratio} must be in (0, 1]")
-        n_masked = self.masked_count(n_visual)
-        if self.matching == "hungarian" and self.pool_size < n_masked:
-            raise ValueError(
-                f"Hungarian matching is one-to-one: the pool has {self.pool_size} rows but "
-                f"{n_masked} of {n_visual} visual tokens per image are masked; raise pool_size "
-                f"to >= {n_masked} or lower mask_ratio"
-            )
-
-    def masked_count(self, n_visual: int) -> int:
-        return max(1, round(self.mask_ratio * n_visual))
 
 
 class ReconstructionHead(nn.Module):

@@ -12,7 +12,12 @@ wrong in stock tools. Two guards, both in the saved `config.json`:
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 from transformers.activations import ACT2FN
 
 MODEL_TYPE = "victor_llava"

@@ -4,10 +4,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from victor.config import parse_recipe
+from victor.config import Recipe, parse_recipe
 from victor.data.collate import LlavaCollator
 from victor.data.llava import LlavaDataset
-from victor.model.assemble import build_model, load_model
+from victor.model.assemble import build_model, load_model, prepare_tokenizer
 from victor.model.comprehension import VisualComprehension
 from victor.train.stages import apply_freezing, resolve_stage
 from victor.train.trainer import VictorTrainer, write_stage_record
@@ -19,8 +19,6 @@ def make_model(model_args):
     if model_args.init_from:
         model, processor = load_model(model_args.init_from, attn_implementation=model_args.attn_implementation)
         if model_args.chat_template:
-            from victor.model.assemble import prepare_tokenizer
-
             prepare_tokenizer(processor.tokenizer, model_args.chat_template)
             processor.chat_template = processor.tokenizer.chat_template
         return model, processor
@@ -38,11 +36,13 @@ def make_model(model_args):
     )
 
 
-def train_stage(model_args, data_args, stage_args, comp_args, training_args, callbacks=None) -> str:
+def train_stage(recipe: Recipe, callbacks=None) -> str:
     """Train one stage; returns the output directory holding a stock LLaVA checkpoint."""
+    model_args, data_args, stage_args = recipe.model, recipe.data, recipe.stage
+    comp_args, training_args = recipe.comprehension, recipe.training
     stage = resolve_stage(stage_args.stage, stage_args.train_vision, stage_args.comprehension, data_args.template)
     model, processor = make_model(model_args)
-    trained = VisualComprehension(model, comp_args.to_config()) if stage.comprehension else model
+    trained = VisualComprehension(model, comp_args) if stage.comprehension else model
     counts = apply_freezing(trained, stage)
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 
@@ -60,8 +60,8 @@ def train_stage(model_args, data_args, stage_args, comp_args, training_args, cal
             "projector": stage_args.projector_lr,
             "llm": stage_args.llm_lr,
             "vision": stage_args.vision_lr,
-            "pool": stage_args.pool_lr,
-            "head": stage_args.head_lr,
+            "pool": comp_args.pool_lr,
+            "head": comp_args.head_lr,
         },
     )
     resume = training_args.resume_from_checkpoint
@@ -92,4 +92,4 @@ def train_stage(model_args, data_args, stage_args, comp_args, training_args, cal
 
 
 def train_from_recipe(recipe: str | Path | None, overrides: list[str] | None = None) -> str:
-    return train_stage(*parse_recipe(recipe, overrides))
+    return train_stage(parse_recipe(recipe, overrides))

@@ -1,14 +1,21 @@
-"""`victor bench`: measurements that back performance claims, as ratios taken in one run.
-
-    victor bench step      stage-1.5 training step vs a plain LLaVA step (same model, same batch)
-    victor bench matching  exact batched assignment vs scipy's linear_sum_assignment per image
-"""
+"""`victor bench step`: a stage-1.5 training step against a plain LLaVA step, same model and batch."""
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
+
+import torch
+from PIL import Image
+
+from victor.config import ComprehensionConfig
+from victor.data.collate import LlavaCollator
+from victor.data.llava import Sample
+from victor.data.templates import TEMPLATE_TEXT
+from victor.model.assemble import build_model
+from victor.model.comprehension import VisualComprehension
+from victor.tiny.backbones import save_backbones
+from victor.tiny.world import build_tokenizer
 
 
 def _time(fn, repeats: int, warmup: int = 2) -> float:
@@ -24,17 +31,6 @@ def _time(fn, repeats: int, warmup: int = 2) -> float:
 
 def bench_step(args) -> list[dict]:
     """Median wall time of forward+backward: plain LLaVA vs stage 1.5 per matching method."""
-    import torch
-    from PIL import Image
-
-    from victor.data.collate import LlavaCollator
-    from victor.data.llava import Sample
-    from victor.data.world import build_tokenizer
-    from victor.data.templates import TEMPLATE_TEXT
-    from victor.model.assemble import build_model
-    from victor.model.comprehension import ComprehensionConfig, VisualComprehension
-    from victor.tiny import save_backbones
-
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     words = [TEMPLATE_TEXT, "describe the image in detail . a red circle is at the top left of the picture ."]
@@ -74,28 +70,3 @@ def bench_step(args) -> list[dict]:
     for row in rows:
         print(f"{row['variant']:45s} {1000 * row['seconds']:9.1f} {row['ratio']:8.2f}")
     return rows
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="victor bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="what", required=True)
-    s = sub.add_parser("step", help="stage-1.5 step overhead against a plain step")
-    s.add_argument("--batch", type=int, default=8)
-    s.add_argument("--image-size", type=int, default=96)
-    s.add_argument("--patch", type=int, default=8)
-    s.add_argument("--vision-hidden", type=int, default=64)
-    s.add_argument("--hidden", type=int, default=256)
-    s.add_argument("--layers", type=int, default=4)
-    s.add_argument("--pool-size", type=int, default=512)
-    s.add_argument("--methods", nargs="+", default=["hungarian", "nearest"])
-    s.add_argument("--repeats", type=int, default=5)
-    s.add_argument("--threads", type=int, default=2)
-    sub.add_parser("matching", help="exact assignment against scipy per image", add_help=False)
-    args, rest = p.parse_known_args(argv)
-    if args.what == "step":
-        bench_step(args)
-    else:
-        from victor.model.matching_bench import main as matching_main
-
-        matching_main(rest)

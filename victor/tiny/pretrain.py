@@ -1,76 +1,40 @@
-"""Tiny backbones saved as ordinary Hugging Face directories (the `tiny` recipe, and tests).
-
-`save_backbones` writes a vision encoder (+ image processor) and a causal LM (+ tokenizer)
-the way hub repos look, so that the real loading path (`build_model(vision=dir, llm=dir)`)
-is what runs on a laptop and in CI.
-"""
+"""Tiny backbones learn their world as real ones arrive pretrained: the LLM reads scenes from
+soft tokens (`SceneReader`, `pretrain_llm`), the encoder learns local region features
+(`pretrain_vision`). Both run on the HF Trainer and save back into the backbone directory."""
 from __future__ import annotations
 
+import re
+import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers import (
+    AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    Qwen2Config,
-    SiglipImageProcessor,
-    SiglipVisionConfig,
+    AutoTokenizer,
+    Trainer,
+    TrainingArguments,
 )
 
-
-def vision_config(family: str = "clip", image_size: int = 64, patch_size: int = 8, hidden: int = 64, layers: int = 2):
-    common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=4, image_size=image_size, patch_size=patch_size)
-    if family == "clip":
-        return CLIPVisionConfig(**common, projection_dim=hidden)
-    if family == "siglip":
-        return SiglipVisionConfig(**common)
-    raise ValueError(f"vision family {family!r}: choose clip or siglip")
-
-
-def text_config(family: str = "llama", vocab_size: int = 512, hidden: int = 128, layers: int = 2):
-    common = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  tie_word_embeddings=False)
-    if family == "llama":
-        return LlamaConfig(**common)
-    if family == "qwen2":
-        return Qwen2Config(**common)
-    raise ValueError(f"llm family {family!r}: choose llama or qwen2")
-
-
-def image_processor(family: str, image_size: int):
-    size = {"height": image_size, "width": image_size}
-    if family == "clip":
-        return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=size)
-    return SiglipImageProcessor(size=size)
-
-
-def save_backbones(out_dir: str | Path, tokenizer, *, vision: str = "clip", llm: str = "llama", image_size: int = 64,
-                   patch_size: int = 8, vision_hidden: int = 64, vision_layers: int = 2, llm_hidden: int = 128,
-                   llm_layers: int = 2, seed: int = 0) -> tuple[str, str]:
-    """Random-init tiny backbones saved to `out_dir/vision` and `out_dir/llm`; returns both paths."""
-    torch.manual_seed(seed)
-    out = Path(out_dir)
-    vcfg = vision_config(vision, image_size, patch_size, vision_hidden, vision_layers)
-    AutoModel.from_config(vcfg).save_pretrained(out / "vision")
-    image_processor(vision, image_size).save_pretrained(out / "vision")
-    tcfg = text_config(llm, len(tokenizer), llm_hidden, llm_layers)
-    tcfg.bos_token_id, tcfg.eos_token_id, tcfg.pad_token_id = (
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    AutoModelForCausalLM.from_config(tcfg).save_pretrained(out / "llm")
-    tokenizer.save_pretrained(out / "llm")
-    return str(out / "vision"), str(out / "llm")
+from victor.data.collate import (
+    IGNORE,
+    TEMPLATES,
+    expand_images,
+    pad_batch,
+    tokenize_with_labels,
+)
+from victor.data.llava import parse_record, read_records
+from victor.data.templates import IMAGE_TOKEN
+from victor.tiny.scenes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
+from victor.tiny.world import WorldPaths, load_scenes
 
 
 def _told_choice(messages: list[dict]) -> list[list[dict]]:
     """Multiple-choice turns rewritten so the answer is in the text ("the answer is red."):
     a real LLM knows how to pick the letter of a stated option; the tiny one learns it here."""
-    import re
-
     out = []
     for user, reply in zip(messages[::2], messages[1::2]):
         options = dict(re.findall(r"^([A-H])\. (.+)$", user["content"], flags=re.M))
@@ -89,7 +53,6 @@ class SceneReader(torch.nn.Module):
     the ability a real LLM brings to LLaVA: stage 1 then only has to map each visual token into
     the LLM's embedding space (the projector's job), and the frozen LLM can already use it.
     """
-
     def __init__(self, lm, image_token_id: int):
         super().__init__()
         self.lm, self.image_token_id = lm, image_token_id
@@ -105,8 +68,6 @@ class SceneReader(torch.nn.Module):
 def scene_slots(scene: dict, tokenizer) -> list[list[int]]:
     """Word ids (size, colour, shape) of the object in each of the 9 grid regions, row-major
     (the order of the visual tokens); an empty region has none."""
-    from victor.data.world import POSITIONS
-
     slots: list[list[int]] = [[] for _ in POSITIONS]
     for obj in scene["objects"]:
         slots[obj["region"]] = tokenizer.convert_tokens_to_ids([obj["size"], obj["colour"], obj["shape"]])
@@ -115,11 +76,6 @@ def scene_slots(scene: dict, tokenizer) -> list[list[int]]:
 
 def scene_examples(tokenizer, world_dir: str | Path, max_length: int = 384) -> list[dict]:
     """The world's training records as token ids, labels and scene slots (see `pretrain_llm`)."""
-    from victor.data.collate import IGNORE, TEMPLATES, expand_images, tokenize_with_labels
-    from victor.data.llava import parse_record, read_records
-    from victor.data.templates import IMAGE_TOKEN
-    from victor.data.world import POSITIONS, WorldPaths, load_scenes
-
     grid = len(POSITIONS)
     paths = WorldPaths.at(world_dir)
     scenes = load_scenes(world_dir)
@@ -143,8 +99,6 @@ def scene_examples(tokenizer, world_dir: str | Path, max_length: int = 384) -> l
 def collate_scenes(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ids/labels/mask, plus `slot_words` [batch, slots, words] (0 = no word) and
     `slot_valid` [batch, slots] (False for padding slots)."""
-    from victor.data.collate import pad_batch
-
     n_slots = max(1, max(len(e["slots"]) for e in batch))
     words = max((len(s) for e in batch for s in e["slots"]), default=1)
     out = pad_batch(batch, pad_id)
@@ -172,12 +126,8 @@ def pretrain_llm(llm_dir: str | Path, world_dir: str | Path, steps: int = 300, s
     the asked-about slot and answers from the prior alone (colour/shape at majority level on
     held-out scenes); at 1e-3 it reads the slots within ~300 steps.
     """
-    import tempfile
-    from functools import partial
 
-    from transformers import AutoTokenizer, Trainer, TrainingArguments
 
-    from victor.data.templates import IMAGE_TOKEN
 
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     reader = SceneReader(AutoModelForCausalLM.from_pretrained(llm_dir), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
@@ -195,7 +145,6 @@ def pretrain_llm(llm_dir: str | Path, world_dir: str | Path, steps: int = 300, s
 
 class _RegionProbe(torch.nn.Module):
     """Vision tower + linear probes reading colour/shape/size of each 3x3 grid region."""
-
     def __init__(self, tower, image_size: int, n_colours: int, n_shapes: int, n_sizes: int):
         super().__init__()
         self.tower = tower
@@ -226,12 +175,8 @@ def pretrain_vision(vision_dir: str | Path, world_dir: str | Path, steps: int = 
     shape and size from the world's training scenes (HF Trainer). Saves back into
     `vision_dir`; returns the final training loss. Validation images are never seen.
     """
-    import tempfile
 
-    from PIL import Image
-    from transformers import AutoImageProcessor, Trainer, TrainingArguments
 
-    from victor.data.world import COLOUR_NAMES, SHAPES, SIZES, load_scenes
 
     tower = AutoModel.from_pretrained(vision_dir)
     processor = AutoImageProcessor.from_pretrained(vision_dir)
@@ -256,53 +201,3 @@ def pretrain_vision(vision_dir: str | Path, world_dir: str | Path, steps: int = 
     return loss
 
 
-# bump when the way tiny backbones are built changes (format 2: the LLM reads scene slots)
-BACKBONES_FORMAT = 2
-
-
-def prepare_world(out_dir: str | Path, world=None, *, llm_layers: int = 2, vision_layers: int = 2, seed: int = 0,
-                  llm_pretrain_steps: int = 300, vision_pretrain_steps: int = 200, vision_image_size: int = 96,
-                  patch_size: int = 32):
-    """The tiny recipe's inputs in one call: the world, its tokenizer, and tiny backbones.
-
-    Writes `out_dir/{images,train,val}` (LLaVA JSON + benchmarks), `out_dir/backbones/vision`
-    (pretrained on the training scenes' regions) and
-    `out_dir/backbones/llm` (with the world's word-level tokenizer, text-pretrained on the
-    training records, see `pretrain_llm`). Reuses the world if its config matches, and the
-    backbones if `backbones/victor_backbones.json` matches the arguments (else rebuilds them).
-
-    The encoder sees the image at `vision_image_size` in patches of `patch_size`: by default
-    96 / 32, a 3x3 patch grid on the world's 3x3 grid of regions, so each visual token covers
-    one region (objects never cross a region border). With 8-pixel patches of a 64-pixel image
-    a 2-layer encoder this small cannot tell shapes apart (region probe at majority-class level).
-    """
-    import json
-    import shutil
-
-    from victor.data.world import WorldConfig, build_tokenizer, ensure_world, world_texts
-
-    world = world or WorldConfig()
-    paths = ensure_world(out_dir, world)
-    backbones = Path(out_dir) / "backbones"
-    vision_dir, llm_dir = backbones / "vision", backbones / "llm"
-    # what the backbones are made of; backbones built another way (an older victor, other
-    # steps) or left half-built by a killed run are rebuilt, never silently reused
-    recipe = {"format": BACKBONES_FORMAT, "llm_layers": llm_layers, "vision_layers": vision_layers, "seed": seed,
-              "llm_pretrain_steps": llm_pretrain_steps, "vision_pretrain_steps": vision_pretrain_steps,
-              "vision_image_size": vision_image_size, "patch_size": patch_size}
-    record = backbones / "victor_backbones.json"
-    if record.exists() and json.loads(record.read_text()) == recipe:
-        return paths, str(vision_dir), str(llm_dir)
-    partial = Path(out_dir) / "backbones.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    tokenizer = build_tokenizer(world_texts(out_dir))
-    save_backbones(partial, tokenizer, image_size=vision_image_size, patch_size=patch_size,
-                   vision_layers=vision_layers, llm_layers=llm_layers, seed=seed)
-    if llm_pretrain_steps:
-        pretrain_llm(partial / "llm", out_dir, steps=llm_pretrain_steps, seed=seed)
-    if vision_pretrain_steps:
-        pretrain_vision(partial / "vision", out_dir, steps=vision_pretrain_steps, seed=seed)
-    (partial / record.name).write_text(json.dumps(recipe, indent=1))
-    shutil.rmtree(backbones, ignore_errors=True)
-    partial.rename(backbones)
-    return paths, str(vision_dir), str(llm_dir)

@@ -22,14 +22,14 @@ def image(i):
     return Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy())
 
 
-def caption_batch(processor, n=2, text_only=False, padding_side="right"):
+def caption_batch(llava, processor, n=2, text_only=False, padding_side="right"):
     samples = [Sample(str(i), [{"role": "user", "content": "<image>\ndescribe the image ."},
                                {"role": "assistant", "content": "a red circle at the top left ."}], [image(i)])
                for i in range(n)]
     if text_only:
         samples.append(Sample("t", [{"role": "user", "content": "name a shape ."},
                                     {"role": "assistant", "content": "circle"}], []))
-    return LlavaCollator(processor, "chat", padding_side=padding_side)(samples)
+    return LlavaCollator(processor, llava.config.image_seq_length, "chat", padding_side=padding_side)(samples)
 
 
 @pytest.fixture()
@@ -93,7 +93,7 @@ def test_attention_modes(model, impl, mode):
     llava.config._attn_implementation = impl
     llava.config.text_config._attn_implementation = impl
     vc = VisualComprehension(llava, ComprehensionConfig(pool_size=16, attention=mode)).eval()
-    batch = caption_batch(processor, n=2, text_only=True)
+    batch = caption_batch(llava, processor, n=2, text_only=True)
     ids, attn, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     embeds = llava.get_input_embeddings()(ids).detach()
     is_img = ids[0] == llava.config.image_token_id
@@ -129,7 +129,7 @@ def test_attention_modes(model, impl, mode):
 
 def test_bidirectional_blocks_with_left_padding(model):
     llava, processor = model
-    batch = caption_batch(processor, n=2, text_only=True, padding_side="left")
+    batch = caption_batch(llava, processor, n=2, text_only=True, padding_side="left")
     ids = batch["input_ids"]
     blocks = block_ids(ids, batch["attention_mask"], batch["labels"], llava.config.image_token_id, 16,
                        "bidirectional-visual")
@@ -145,7 +145,7 @@ def test_reconstruction_loss_matches_hand_computation(model):
         cfg = ComprehensionConfig(pool_size=16, pool_init="unit", recon_positions=positions, recon_weight=10.0,
                                   recon_beta=0.01)
         vc = VisualComprehension(llava, cfg).eval()
-        batch = caption_batch(processor, n=2)
+        batch = caption_batch(llava, processor, n=2)
         torch.manual_seed(1)
         out = vc(**batch)
         # recompute by hand with the same random mask
@@ -170,13 +170,13 @@ def test_reconstruction_loss_matches_hand_computation(model):
 def test_batch_mixing_images_and_text_only(model, target):
     llava, processor = model
     vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, recon_head="transformer", recon_target=target))
-    out = vc(**caption_batch(processor, n=2, text_only=True))
+    out = vc(**caption_batch(llava, processor, n=2, text_only=True))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and vc.head.positions.grad is not None
     assert out["stats"]["pool/rows_used_batch"] <= 24
     assert vc.head.proj.out_features == (llava.config.text_config.hidden_size if target == "projector"
                                           else llava.config.vision_config.hidden_size)
-    text_only = caption_batch(processor, n=0, text_only=True)
+    text_only = caption_batch(llava, processor, n=0, text_only=True)
     out = vc(**text_only)
     assert float(out["recon_loss"]) == 0.0 and torch.isfinite(out["loss"])
 
@@ -185,7 +185,7 @@ def test_default_init_is_image_dependent_and_paper_init_degenerates(model):
     """With `paper` init every masked token of every image goes to the same row (nearest) or
     the same subset (hungarian); with the default `tokens` init rows depend on the image."""
     llava, processor = model
-    batch = caption_batch(processor, n=4)
+    batch = caption_batch(llava, processor, n=4)
     with torch.no_grad():
         feats = torch.stack(list(llava.model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output))
     feats = F.normalize(feats, dim=-1)  # the recipes normalise projector outputs
@@ -196,7 +196,7 @@ def test_default_init_is_image_dependent_and_paper_init_degenerates(model):
             vc = VisualComprehension(llava, ComprehensionConfig(pool_size=256, pool_init=init, matching=method))
             if init == "tokens":
                 other = torch.stack(list(llava.model.get_image_features(
-                    pixel_values=caption_batch(processor, n=8)["pixel_values"].flip(-1)).pooler_output))
+                    pixel_values=caption_batch(llava, processor, n=8)["pixel_values"].flip(-1)).pooler_output))
                 vc._seed_pool_from(F.normalize(other.detach(), dim=-1))
             _, _, rows, _ = vc.mask_and_match(feats)
             results[init, method] = rows

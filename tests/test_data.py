@@ -28,7 +28,7 @@ def supervised_tokens(processor, batch, row=0):
 
 
 def test_chat_labels_cover_exactly_the_answers(tiny_llava):
-    _, processor = tiny_llava
+    llava, processor = tiny_llava
     red = Image.new("RGB", (32, 32), (255, 0, 0))
     sample = Sample("s", [
         {"role": "user", "content": "what colour is the circle ?\n<image>"},  # <image> last in the turn
@@ -36,7 +36,7 @@ def test_chat_labels_cover_exactly_the_answers(tiny_llava):
         {"role": "user", "content": "how many objects ?"},
         {"role": "assistant", "content": "two"},
     ], [red])
-    batch = LlavaCollator(processor, "chat")([sample])
+    batch = LlavaCollator(processor, llava.config.image_seq_length, "chat")([sample])
     assert supervised_tokens(processor, batch) == ["red", ".", "</s>", "two", "</s>"]
     ids = batch["input_ids"][0]
     assert int((ids == processor.image_token_id).sum()) == 16
@@ -48,10 +48,10 @@ def test_chat_labels_cover_exactly_the_answers(tiny_llava):
 
 def test_collator_prompt_matches_processor(tiny_llava):
     """The training text is exactly what the stock processor builds for inference."""
-    _, processor = tiny_llava
+    llava, processor = tiny_llava
     img = Image.new("RGB", (32, 32), (0, 0, 255))
     messages = [{"role": "user", "content": "<image>\nwhat colour ?"}, {"role": "assistant", "content": "blue"}]
-    batch = LlavaCollator(processor, "chat")([Sample("s", messages, [img])])
+    batch = LlavaCollator(processor, llava.config.image_seq_length, "chat")([Sample("s", messages, [img])])
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour ?"}]}],
         add_generation_prompt=True)
@@ -62,21 +62,21 @@ def test_collator_prompt_matches_processor(tiny_llava):
 
 
 def test_plain_template_and_text_only_and_padding(tiny_llava):
-    _, processor = tiny_llava
+    llava, processor = tiny_llava
     img = Image.new("RGB", (32, 32))
     caption = Sample("c", [{"role": "user", "content": "<image>"}, {"role": "assistant", "content": "a red circle ."}], [img])
-    plain = LlavaCollator(processor, "plain")([caption])
+    plain = LlavaCollator(processor, llava.config.image_seq_length, "plain")([caption])
     assert supervised_tokens(processor, plain) == ["a", "red", "circle", ".", "</s>"]
     assert plain["input_ids"].shape[1] == 16 + 5 + (1 if processor.tokenizer("a")["input_ids"][0] == processor.tokenizer.bos_token_id else 0)
 
     text_only = Sample("t", [{"role": "user", "content": "name a shape ."}, {"role": "assistant", "content": "circle"}], [])
-    batch = LlavaCollator(processor, "chat")([caption, text_only])
+    batch = LlavaCollator(processor, llava.config.image_seq_length, "chat")([caption, text_only])
     assert batch["pixel_values"].shape[0] == 1  # only the image sample contributes pixels
     assert supervised_tokens(processor, batch, 1) == ["circle", "</s>"]
     n1 = int(batch["attention_mask"][1].sum())
     assert (batch["input_ids"][1, n1:] == processor.tokenizer.pad_token_id).all()
     assert (batch["labels"][1, n1:] == IGNORE).all()
-    left = LlavaCollator(processor, "chat", padding_side="left")([caption, text_only])
+    left = LlavaCollator(processor, llava.config.image_seq_length, "chat", padding_side="left")([caption, text_only])
     assert left["attention_mask"][1, 0] == 0 and left["attention_mask"][1, -1] == 1
 
 
@@ -84,7 +84,7 @@ def test_generic_template_chatml(tiny_llava):
     """A ChatML-style template (Qwen) works through the same span rule, no per-template code."""
     import copy
 
-    _, processor = tiny_llava
+    llava, processor = tiny_llava
     processor = copy.deepcopy(processor)
     tok = processor.tokenizer
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<image>"]})
@@ -93,7 +93,7 @@ def test_generic_template_chatml(tiny_llava):
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     s = Sample("q", [{"role": "user", "content": "<image>what shape ?"}, {"role": "assistant", "content": "a square"}],
                [Image.new("RGB", (32, 32))])
-    batch = LlavaCollator(processor, "chat")([s])
+    batch = LlavaCollator(processor, llava.config.image_seq_length, "chat")([s])
     assert supervised_tokens(processor, batch) == ["a", "square", "<|im_end|>"]
 
 
@@ -133,7 +133,7 @@ def test_record_errors_name_the_field(tmp_path):
 
 
 def test_bad_samples_are_skipped_and_counted(tiny_llava, tmp_path):
-    _, processor = tiny_llava
+    llava, processor = tiny_llava
     Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
     (tmp_path / "corrupt.png").write_bytes(b"not a png")
     records = [
@@ -144,7 +144,7 @@ def test_bad_samples_are_skipped_and_counted(tiny_llava, tmp_path):
     ]
     (tmp_path / "d.json").write_text(json.dumps(records))
     ds = LlavaDataset(str(tmp_path / "d.json"), tmp_path)
-    collator = LlavaCollator(processor, "plain")
+    collator = LlavaCollator(processor, llava.config.image_seq_length, "plain")
     batch = collator([ds[i] for i in range(4)])
     assert batch["input_ids"].shape[0] == 1
     assert sum(ds.skipped.values()) == 3 and collator.skipped["unreadable"] == 3

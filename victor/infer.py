@@ -43,8 +43,3 @@ class Generator:
                                   pad_token_id=self.processor.tokenizer.pad_token_id)
         new = out[:, inputs["input_ids"].shape[1]:]
         return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
-
-
-def generate(model_dir: str, images: list, prompts: list[str], **kwargs) -> list[str]:
-    """One-shot helper: load `model_dir` and answer `prompts` about `images`."""
-    return Generator(model_dir)(images, prompts, **kwargs)

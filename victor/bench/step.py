@@ -38,7 +38,7 @@ def bench_step(args) -> list[dict]:
         vision, llm = save_backbones(tmp, build_tokenizer(words), image_size=args.image_size, patch_size=args.patch,
                                      vision_hidden=args.vision_hidden, llm_hidden=args.hidden, llm_layers=args.layers)
         model, processor = build_model(vision, llm)
-    collator = LlavaCollator(processor, "chat", max_length=4096)
+    collator = LlavaCollator(processor, model.config.image_seq_length, "chat", max_length=4096)
     samples = [Sample(str(i), [{"role": "user", "content": "<image>\ndescribe the image in detail ."},
                                {"role": "assistant", "content": "a red circle is at the top left . " * 4}],
                       [Image.effect_noise((args.image_size, args.image_size), 40 + i).convert("RGB")])

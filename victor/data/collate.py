@@ -25,19 +25,6 @@ class TemplateError(ValueError):
     pass
 
 
-def processed_image_size(image_processor) -> tuple[int, int]:
-    """(height, width) of the pixels a fixed-size image processor produces."""
-    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
-    return size.get("height") or size.get("shortest_edge"), size.get("width") or size.get("shortest_edge")
-
-
-def visual_tokens_per_image(processor) -> int:
-    """What LlavaProcessor expands one `<image>` into (fixed-size image processors)."""
-    h, w = processed_image_size(processor.image_processor)
-    n = (h // processor.patch_size) * (w // processor.patch_size) + processor.num_additional_image_tokens
-    return n - 1 if processor.vision_feature_select_strategy == "default" else n
-
-
 def render_chat(tokenizer, messages: list[dict]) -> Rendered:
     """Full text and the character spans of each assistant message (with its end-of-turn text)."""
 
@@ -107,13 +94,14 @@ def pad_batch(encoded: list[dict], pad_id: int, padding_side: str = "right") -> 
 class LlavaCollator:
     """Callable for a DataLoader/Trainer. Broken samples are dropped and counted in `skipped`."""
 
-    def __init__(self, processor, template: str = "chat", max_length: int = 2048, padding_side: str = "right"):
+    def __init__(self, processor, image_seq_length: int, template: str = "chat", max_length: int = 2048,
+                 padding_side: str = "right"):
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r}; choose one of {sorted(TEMPLATES)}")
         self.processor, self.tokenizer = processor, processor.tokenizer
         self.render = TEMPLATES[template]
         self.max_length, self.padding_side = max_length, padding_side
-        self.n_visual = visual_tokens_per_image(processor)
+        self.n_visual = image_seq_length  # the model config's count, what LlavaProcessor expands to
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.skipped: Counter = Counter()
 

@@ -23,7 +23,6 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from victor.data.collate import processed_image_size
 from victor.data.templates import IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE
 from victor.model.normalized import (
     VictorLlavaConfig,
@@ -65,6 +64,12 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, chat_template: str | N
             "the tokenizer has no chat template; pass chat_template='vicuna' or a Jinja template string"
         )
     return tokenizer
+
+
+def processed_image_size(image_processor) -> tuple[int, int]:
+    """(height, width) of the pixels a fixed-size image processor produces."""
+    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    return size.get("height") or size.get("shortest_edge"), size.get("width") or size.get("shortest_edge")
 
 
 @torch.no_grad()

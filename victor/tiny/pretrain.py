@@ -111,6 +111,16 @@ def collate_scenes(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
+def _train(model, examples, steps: int, batch_size: int, learning_rate: float, seed: int, collate=None) -> float:
+    """A short cosine-schedule CPU run on the HF Trainer, no checkpoints; returns the final loss."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
+                                 learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
+                                 logging_steps=max(1, steps // 5), save_strategy="no", report_to="none",
+                                 use_cpu=True, seed=seed, disable_tqdm=True, remove_unused_columns=False)
+        return Trainer(model=model, args=args, train_dataset=examples, data_collator=collate).train().training_loss
+
+
 def pretrain_llm(llm_dir: str | Path, world_dir: str | Path, steps: int = 300, seed: int = 0,
                  batch_size: int = 32, learning_rate: float = 1e-3) -> float:
     """Give the tiny LLM the language of its world, as a real LLM arrives pretrained.
@@ -132,13 +142,8 @@ def pretrain_llm(llm_dir: str | Path, world_dir: str | Path, steps: int = 300, s
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     reader = SceneReader(AutoModelForCausalLM.from_pretrained(llm_dir), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     examples = scene_examples(tokenizer, world_dir)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
-                                 learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-                                 logging_steps=max(1, steps // 5), save_strategy="no", report_to="none",
-                                 use_cpu=True, seed=seed, disable_tqdm=True, remove_unused_columns=False)
-        collate = partial(collate_scenes, pad_id=tokenizer.pad_token_id)
-        loss = Trainer(model=reader, args=args, train_dataset=examples, data_collator=collate).train().training_loss
+    loss = _train(reader, examples, steps, batch_size, learning_rate, seed,
+                  collate=partial(collate_scenes, pad_id=tokenizer.pad_token_id))
     reader.lm.save_pretrained(llm_dir)
     return loss
 
@@ -191,12 +196,7 @@ def pretrain_vision(vision_dir: str | Path, world_dir: str | Path, steps: int = 
             pixels = processor(img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
         examples.append({"pixel_values": pixels, "labels": labels})
     probe = _RegionProbe(tower, tower.config.image_size, *map(len, vocab))
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
-                                 learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-                                 logging_steps=max(1, steps // 5), save_strategy="no", report_to="none",
-                                 use_cpu=True, seed=seed, disable_tqdm=True, remove_unused_columns=False)
-        loss = Trainer(model=probe, args=args, train_dataset=examples).train().training_loss
+    loss = _train(probe, examples, steps, batch_size, learning_rate, seed)
     tower.save_pretrained(vision_dir)
     return loss
 

@@ -47,7 +47,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 
     dataset = LlavaDataset(data_args.data_path, data_args.image_root)
-    collator = LlavaCollator(processor, stage.template, data_args.max_length)
+    collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length)
     training_args.remove_unused_columns = False
     trainer = VictorTrainer(
         model=trained,

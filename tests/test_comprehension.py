@@ -170,7 +170,11 @@ def test_reconstruction_loss_matches_hand_computation(model):
 def test_batch_mixing_images_and_text_only(model, target):
     llava, processor = model
     vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, recon_head="transformer", recon_target=target))
-    out = vc(**caption_batch(llava, processor, n=2, text_only=True))
+    batch = caption_batch(llava, processor, n=2, text_only=True)
+    with pytest.raises(RuntimeError, match="not been seeded"):
+        vc(**batch)
+    vc.seed_pool(vc.project_images(batch["pixel_values"]))
+    out = vc(**batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and vc.head.positions.grad is not None
     assert out["stats"]["pool/rows_used_batch"] <= 24
@@ -197,7 +201,7 @@ def test_default_init_is_image_dependent_and_paper_init_degenerates(model):
             if init == "tokens":
                 other = torch.stack(list(llava.model.get_image_features(
                     pixel_values=caption_batch(llava, processor, n=8)["pixel_values"].flip(-1)).pooler_output))
-                vc._seed_pool_from(F.normalize(other.detach(), dim=-1))
+                vc.seed_pool(F.normalize(other.detach(), dim=-1))
             _, _, rows, _ = vc.mask_and_match(feats)
             results[init, method] = rows
     # 48 masked tokens, 256 rows: the lowest-norm rows win regardless of the image (with hidden

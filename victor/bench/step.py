@@ -55,6 +55,7 @@ def bench_step(args) -> list[dict]:
         for attention in ("causal", "bidirectional-visual"):
             cfg = ComprehensionConfig(pool_size=args.pool_size, matching=method, attention=attention)
             vc = VisualComprehension(model, cfg)
+            vc.seed_pool(vc.project_images(batch["pixel_values"]))
 
             def step(vc=vc):
                 vc.zero_grad(set_to_none=True)

@@ -117,18 +117,26 @@ class VisualComprehension(nn.Module):
                 self.pool.copy_(F.normalize(self.pool, dim=-1))
 
     @torch.no_grad()
-    def _seed_pool_from(self, tokens: torch.Tensor):
-        """`tokens` init: rows are visual tokens of the first batch (+1% noise), same scale as tokens."""
-        flat = tokens.reshape(-1, tokens.shape[-1]).float()
-        pick = torch.randint(0, flat.shape[0], (self.pool.shape[0],), device=flat.device)
-        if flat.shape[0] >= self.pool.shape[0]:
-            pick = torch.randperm(flat.shape[0], device=flat.device)[: self.pool.shape[0]]
+    def seed_pool(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """`tokens` init: rows are real projected visual tokens (+1% noise), on the tokens' scale, so
+        that matching depends on the image. Call once, before training (never inside forward)."""
+        flat = tokens.reshape(-1, tokens.shape[-1]).float().cpu()
+        n = self.pool.shape[0]
+        if flat.shape[0] >= n:
+            pick = torch.randperm(flat.shape[0], generator=generator)[:n]
+        else:
+            pick = torch.randint(0, flat.shape[0], (n,), generator=generator)
         rows = flat[pick]
-        rows = rows + 0.01 * rows.norm(dim=-1, keepdim=True).mean() * torch.randn_like(rows) / math.sqrt(rows.shape[-1])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(rows, src=0)  # every rank starts from rank 0's rows
-        self.pool.copy_(rows.to(self.pool.dtype))
+        noise = torch.randn(rows.shape, generator=generator)
+        rows = rows + 0.01 * rows.norm(dim=-1, keepdim=True).mean() * noise / math.sqrt(rows.shape[-1])
+        self.pool.copy_(rows.to(device=self.pool.device, dtype=self.pool.dtype))
         self.pool_ready.fill_(True)
+
+    @torch.no_grad()
+    def project_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected visual tokens [images, n_visual, hidden] (what stage 1.5 masks and matches)."""
+        pixel_values = pixel_values.to(next(self.llava.parameters()).dtype)
+        return torch.stack(list(self.llava.model.get_image_features(pixel_values=pixel_values).pooler_output))
 
     # -- the method ---------------------------------------------------------------------------
     def mask_and_match(self, tokens: torch.Tensor):
@@ -154,7 +162,8 @@ class VisualComprehension(nn.Module):
         vision_out = llava.model.get_image_features(pixel_values=pixel_values, return_dict=True)
         tokens = torch.stack(list(vision_out.pooler_output))  # [images, n_visual, hidden]
         if not bool(self.pool_ready):
-            self._seed_pool_from(tokens.detach())
+            raise RuntimeError("pool_init='tokens': the pool has not been seeded; call seed_pool(tokens) before "
+                               "training (victor's train_stage does this from the first batches of the data)")
         target = self._target(tokens, vision_out)
         replaced, mask, rows, row_cost = self.mask_and_match(tokens)
 

@@ -4,20 +4,25 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from transformers import set_seed
+
 from victor.config import Recipe, parse_recipe
 from victor.data.collate import LlavaCollator
 from victor.data.llava import LlavaDataset
 from victor.model.assemble import build_model, load_model, prepare_tokenizer
 from victor.model.comprehension import VisualComprehension
+from victor.train.checkpoint import resolve_resume
+from victor.train.engine import load_dtype, seed_pool_from_data
 from victor.train.stages import apply_freezing, resolve_stage
 from victor.train.trainer import VictorTrainer, write_stage_record
 
 log = logging.getLogger(__name__)
 
 
-def make_model(model_args):
+def make_model(model_args, dtype=None):
     if model_args.init_from:
-        model, processor = load_model(model_args.init_from, attn_implementation=model_args.attn_implementation)
+        model, processor = load_model(model_args.init_from, dtype=dtype,
+                                      attn_implementation=model_args.attn_implementation)
         if model_args.chat_template:
             prepare_tokenizer(processor.tokenizer, model_args.chat_template)
             processor.chat_template = processor.tokenizer.chat_template
@@ -32,6 +37,7 @@ def make_model(model_args):
         vision_feature_select_strategy=model_args.vision_feature_select_strategy,
         normalize_projector=model_args.normalize_projector,
         chat_template=model_args.chat_template,
+        dtype=dtype,
         attn_implementation=model_args.attn_implementation,
     )
 
@@ -41,13 +47,19 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     model_args, data_args, stage_args = recipe.model, recipe.data, recipe.stage
     comp_args, training_args = recipe.comprehension, recipe.training
     stage = resolve_stage(stage_args.stage, stage_args.train_vision, stage_args.comprehension, data_args.template)
-    model, processor = make_model(model_args)
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    dataset = LlavaDataset(data_args.data_path, data_args.image_root)
+    training_args.device  # noqa: B018 - sets up the process group (torchrun) before anything collective
+    # everything random that exists before the Trainer (projector, pool, head) is built after seeding
+    set_seed(training_args.seed)
+    model, processor = make_model(model_args, dtype=load_dtype(training_args))
     trained = VisualComprehension(model, comp_args) if stage.comprehension else model
     counts = apply_freezing(trained, stage)
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 
-    dataset = LlavaDataset(data_args.data_path, data_args.image_root)
     collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length)
+    if stage.comprehension and comp_args.pool_init == "tokens" and resume is None:
+        seed_pool_from_data(trained, dataset, collator, training_args)
     training_args.remove_unused_columns = False
     trainer = VictorTrainer(
         model=trained,
@@ -64,13 +76,10 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "head": comp_args.head_lr,
         },
     )
-    resume = training_args.resume_from_checkpoint
-    if resume == "auto":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(training_args.output_dir)
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
+    if not training_args.should_save:
+        return training_args.output_dir
     write_stage_record(
         training_args.output_dir,
         {

@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from victor.model.comprehension import VisualComprehension
+from victor.train.checkpoint import (
+    STAGING,
+    check_full,
+    full_shapes,
+    load_extra_state,
+    load_llava_weights,
+    save_extra_state,
+    split_state_dict,
+)
 from victor.train.stages import MODULES, modules_of
-
-EXTRA_STATE = "comprehension.safetensors"
 
 
 class VictorTrainer(Trainer):
@@ -63,8 +71,8 @@ class VictorTrainer(Trainer):
             self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1
         loss = out["loss"] + (lm_scale - 1) * out["lm_loss"]
         if model.training:
-            self._extra_logs["lm_loss"].append(lm_scale * float(out["lm_loss"]))
-            self._extra_logs["recon_loss"].append(float(out["recon_loss"]))
+            self._extra_logs["lm_loss"].append(lm_scale * float(out["lm_loss"].detach()))
+            self._extra_logs["recon_loss"].append(float(out["recon_loss"].detach()))
             for key, value in out["stats"].items():
                 self._extra_logs[key].append(value)
         return (loss, out) if return_outputs else loss
@@ -81,30 +89,63 @@ class VictorTrainer(Trainer):
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save(self, output_dir: str | None = None, state_dict=None):
+        """Stage 1.5: the LLaVA keys as a stock checkpoint, pool/head beside it; writer rank only.
+
+        `state_dict` is what the engine gathered (ZeRO-3, FSDP); without one (DDP, one process)
+        the live module is complete and is read directly.
+        """
         core = self.accelerator.unwrap_model(self.model)
         if not isinstance(core, VisualComprehension):
             return super()._save(output_dir, state_dict)
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        core.llava.save_pretrained(output_dir, safe_serialization=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in core.extra_state_dict().items()},
-                  os.path.join(output_dir, EXTRA_STATE))
+        live = core.state_dict()
+        state_dict = {**live, **state_dict} if state_dict else live  # buffers are never partitioned
+        check_full(state_dict, full_shapes(core), output_dir)
+        llava_state, extra = split_state_dict(state_dict)
+        core.llava.save_pretrained(output_dir, state_dict=llava_state, safe_serialization=True)
+        save_extra_state(extra, output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resume without DeepSpeed: weights straight into the live model (no second copy)."""
         core = self.accelerator.unwrap_model(model if model is not None else self.model)
         if not isinstance(core, VisualComprehension):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_llava_weights(core.llava, resume_from_checkpoint)
-        core.load_extra_state_dict(load_file(os.path.join(resume_from_checkpoint, EXTRA_STATE)))
+        core.load_extra_state_dict(load_extra_state(resume_from_checkpoint))
 
+    def _save_checkpoint(self, model, trial):
+        """Trainer's checkpoint, written under a staging name and renamed into place when complete,
+        so that a kill during a save never leaves a `checkpoint-N` that looks resumable."""
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, STAGING)
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(os.path.join(staging, name), final)
+            if self.state.best_model_checkpoint == os.path.join(staging, name):
+                self.state.best_model_checkpoint = final
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
-def load_llava_weights(llava, directory: str) -> None:
-    """Load a saved LLaVA checkpoint into an existing model (transformers maps the key layout)."""
-    saved = type(llava).from_pretrained(directory, dtype=next(llava.parameters()).dtype)
-    llava.load_state_dict(saved.state_dict())
+    def _get_output_dir(self, trial):
+        return getattr(self, "_staging_dir", None) or super()._get_output_dir(trial)
 
 
 def write_stage_record(output_dir: str, record: dict) -> None:

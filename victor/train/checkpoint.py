@@ -1,0 +1,163 @@
+"""The checkpoint seam: what a stage writes and reads, correct under every engine.
+
+A stage directory (or `checkpoint-N`) holds a stock LLaVA checkpoint (`config.json`,
+safetensors, processor) and, in stage 1.5, the pool and head in `comprehension.safetensors`.
+
+* Saving takes the state dict the engine hands over (the Trainer gathers it on the writer
+  rank under ZeRO-3 and FSDP), splits it into LLaVA keys and stage-1.5 keys, and writes on
+  the writer rank only. Reading a parameter off the live module instead would save
+  ZeRO-3's empty partitions.
+* Resuming copies safetensors tensors straight into the live model, one tensor at a time,
+  with transformers' own mapping from saved to live names: no second model in memory.
+* Checkpoints are written under a staging name and renamed when complete, so a kill during a
+  save never leaves a directory that resume takes for a checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers.core_model_loading import revert_weight_conversion
+
+EXTRA_STATE = "comprehension.safetensors"
+STAGING = ".staging"  # where checkpoint-N is written before it is renamed into place
+LLAVA_PREFIX = "llava."
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def split_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """A stage-1.5 module's state dict -> (LLaVA keys without the prefix, pool/head/counter keys)."""
+    llava = {k[len(LLAVA_PREFIX):]: v for k, v in state_dict.items() if k.startswith(LLAVA_PREFIX)}
+    extra = {k: v for k, v in state_dict.items() if not k.startswith(LLAVA_PREFIX)}
+    return llava, extra
+
+
+def full_shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every state-dict entry's full shape, also for parameters ZeRO-3 has partitioned."""
+    return {k: tuple(getattr(v, "ds_shape", v.shape)) for k, v in module.state_dict(keep_vars=True).items()}
+
+
+def check_full(state_dict: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """Refuse to write a checkpoint with missing or partitioned (wrongly shaped) tensors."""
+    wrong = sorted(k for k, shape in shapes.items() if k not in state_dict or tuple(state_dict[k].shape) != shape)
+    if wrong:
+        raise CheckpointError(
+            f"{what}: the engine handed over an incomplete state dict ({len(wrong)} tensors missing or partitioned, "
+            f"e.g. {wrong[:3]}); under ZeRO-3 set stage3_gather_16bit_weights_on_model_save: true")
+
+
+def save_extra_state(extra: dict[str, torch.Tensor], directory: str | os.PathLike) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, os.path.join(directory, EXTRA_STATE))
+
+
+def load_extra_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = os.path.join(directory, EXTRA_STATE)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{directory}: no {EXTRA_STATE}; it is not a stage-1.5 checkpoint")
+    return load_file(path)
+
+
+def _weight_files(directory: str | os.PathLike) -> list[str]:
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+        return [os.path.join(directory, s) for s in shards]
+    single = os.path.join(directory, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    raise CheckpointError(f"{directory}: no model.safetensors (or index); not a complete checkpoint")
+
+
+def saved_names(llava) -> dict[str, str]:
+    """Live parameter/buffer name -> the name `save_pretrained` writes it under."""
+    live = llava.state_dict()
+    names = {}
+    for key in live:
+        (saved,) = revert_weight_conversion(llava, {key: torch.empty(0)})
+        names[key] = saved
+    return names
+
+
+@torch.no_grad()
+def load_llava_weights(llava, directory: str | os.PathLike) -> None:
+    """Copy a saved LLaVA checkpoint into the live model, tensor by tensor, in its dtype."""
+    live = llava.state_dict(keep_vars=True)
+    wanted = {saved: key for key, saved in saved_names(llava).items()}
+    loaded = set()
+    for path in _weight_files(directory):
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                key = wanted.get(name)
+                if key is None:
+                    raise CheckpointError(f"{path}: tensor {name!r} has no place in {type(llava).__name__}")
+                target = live[key]
+                tensor = f.get_tensor(name)
+                if tensor.shape != target.shape:
+                    raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
+                                          f"the model expects {tuple(target.shape)}")
+                target.copy_(tensor.to(target.dtype))
+                loaded.add(key)
+    tied = {id(p) for k, p in live.items() if k in loaded}
+    missing = [k for k, p in live.items() if k not in loaded and id(p) not in tied]
+    if missing:
+        raise CheckpointError(f"{directory}: no weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+    """A checkpoint that resume can use: a readable trainer state, and weights (safetensors, or
+    DeepSpeed's own `global_step*` layout when ZeRO-3 does not gather them on save)."""
+    d = Path(directory)
+    try:
+        json.loads((d / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (d / "model.safetensors").is_file() or (d / "model.safetensors.index.json").is_file() or any(
+        d.glob("global_step*"))
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` in `output_dir` (staging directories never count)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
+    for _, path in sorted(found, reverse=True):
+        if is_complete(path):
+            return str(path)
+    return None
+
+
+def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
+    """`--resume_from_checkpoint` -> a checkpoint directory, None (start fresh), or a clear error.
+
+    `auto` takes the newest complete checkpoint in `output_dir` and refuses to start fresh when
+    there is none; `auto-or-new` starts fresh then (for jobs that are requeued with the same
+    command). A path must be a training checkpoint, not a finished stage's output.
+    """
+    if resume in (None, False, "", "False", "false", "no"):
+        return None
+    if resume in (True, "True", "true", "auto", "auto-or-new"):
+        found = last_checkpoint(output_dir)
+        if found is None and resume != "auto-or-new":
+            raise CheckpointError(
+                f"--resume_from_checkpoint auto: no complete checkpoint-N in {output_dir}; "
+                "use --resume_from_checkpoint auto-or-new to start from scratch when there is none")
+        return found
+    path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {resume}: no such directory")
+    if not is_complete(path):
+        hint = (" (it is a finished stage's output: use it as init_from of the next stage)"
+                if (path / "victor_stage.json").is_file() else "")
+        raise CheckpointError(f"--resume_from_checkpoint {resume}: not a complete training checkpoint "
+                              f"(trainer_state.json and weights){hint}")
+    return str(path)

@@ -1,0 +1,113 @@
+"""What differs between engines (one process, DDP, DeepSpeed ZeRO, FSDP), in one place.
+
+The method's code (model/) never asks which engine runs it. What must happen outside the
+engine's forward passes happens here, before the Trainer wraps the model:
+
+* the dtype weights are loaded in;
+* seeding the stage-1.5 pool from real visual tokens: every rank runs the same first
+  batches through the (gathered) vision tower and projector, rank 0's rows are broadcast,
+  so the pool is identical everywhere before DeepSpeed or FSDP take their copy of it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def uses_deepspeed(training_args) -> bool:
+    return bool(getattr(training_args, "deepspeed", None))
+
+
+def zero3_enabled() -> bool:
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except ImportError:  # pragma: no cover - transformers without the integration
+        return False
+    return is_deepspeed_zero3_enabled()
+
+
+def load_dtype(training_args) -> torch.dtype | None:
+    """Weights load in the dtype the run trains in.
+
+    DeepSpeed keeps fp32 master weights in its optimizer and runs the module in bf16/fp16, so
+    the model is loaded in that half type (a 7B LLM: 14 GB, not 28 GB per rank). Without
+    DeepSpeed, `bf16`/`fp16` mean autocast over fp32 weights, so weights stay fp32.
+    """
+    if uses_deepspeed(training_args):
+        if training_args.bf16:
+            return torch.bfloat16
+        if training_args.fp16:
+            return torch.float16
+    return torch.float32
+
+
+def gathered(params):
+    """Full parameters for code that runs outside the engine's forward (ZeRO-3 partitions them)."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def broadcast_from_main(tensor: torch.Tensor) -> None:
+    """Rank 0's values everywhere (in place); a no-op on one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+        on_device = tensor.cuda()
+        dist.broadcast(on_device, src=0)
+        tensor.copy_(on_device.cpu())
+    else:
+        dist.broadcast(tensor, src=0)
+
+
+def first_visual_tokens(vc, dataset, collator, want: int, batch_size: int, seed: int,
+                        max_batches: int = 64) -> torch.Tensor:
+    """Projected visual tokens of the first image samples in a seeded order, until `want` tokens
+    (or `max_batches` batches) are collected. Every rank reads the same samples."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    tokens, batch = [], []
+    vision = [*vc.llava.model.vision_tower.parameters(), *vc.llava.model.multi_modal_projector.parameters()]
+    with gathered(vision):
+        for index in order:
+            sample = dataset[index]
+            if sample is None or not sample.images:
+                continue
+            batch.append(sample)
+            if len(batch) < batch_size:
+                continue
+            tokens.append(_project(vc, collator, batch))
+            batch = []
+            if sum(t.shape[0] * t.shape[1] for t in tokens) >= want or len(tokens) >= max_batches:
+                break
+        if batch and sum(t.shape[0] * t.shape[1] for t in tokens) < want:
+            tokens.append(_project(vc, collator, batch))
+    if not tokens:
+        raise ValueError("pool_init='tokens' needs image samples to seed the pool, and the data has none "
+                         "that can be read; use pool_init='unit' for text-only data")
+    return torch.cat([t.reshape(-1, t.shape[-1]).float().cpu() for t in tokens])
+
+
+def _project(vc, collator, samples) -> torch.Tensor:
+    images = [img for s in samples for img in s.images]
+    pixels = collator.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    device = next(vc.llava.parameters()).device
+    return vc.project_images(pixels.to(device))
+
+
+def seed_pool_from_data(vc, dataset, collator, training_args) -> None:
+    """The `tokens` pool initialisation, done once before the engine wraps the model."""
+    tokens = first_visual_tokens(vc, dataset, collator, want=vc.pool.shape[0],
+                                 batch_size=training_args.per_device_train_batch_size, seed=training_args.seed)
+    generator = torch.Generator().manual_seed(training_args.seed)
+    with gathered([vc.pool]):
+        vc.seed_pool(tokens, generator=generator)
+        broadcast_from_main(vc.pool.data)
+    log.info("pool seeded from %d visual tokens", tokens.shape[0])

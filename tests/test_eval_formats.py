@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from victor.eval import BENCHMARKS, BenchmarkFormatError, get_benchmark
-from victor.eval.benchmarks import MC_SUFFIX, SHORT_SUFFIX
+from victor.eval.prompts import MC_SUFFIX, SHORT_ANSWER_SUFFIX
 from victor.eval.run import (
     compare_runs,
     format_summary_table,
@@ -190,7 +190,7 @@ def test_pope_single_file(tmp_path):
     spec = BENCHMARKS["pope"]
     items = spec.load(path, "/data/coco/val2014")
     assert items[0].id == "random/1"
-    assert items[0].prompt == "Is there a thing0 in the image?\n" + SHORT_SUFFIX
+    assert items[0].prompt == "Is there a thing0 in the image?\n" + SHORT_ANSWER_SUFFIX
     assert items[0].image == os.path.join("/data/coco/val2014", "COCO_val2014_000000310196.jpg")
     assert items[0].answer == "yes" and items[0].meta["category"] == "random"
     preds = {"random/1": "Yes, there is.", "random/2": "Yes", "random/3": "No, there is not.", "random/4": "No."}
@@ -239,7 +239,7 @@ def test_gqa_questions_json(tmp_path):
     path.write_text(json.dumps(data))
     spec = BENCHMARKS["gqa"]
     items = spec.load(path, tmp_path / "images")
-    assert items[0].prompt == "Is the sky dark?\n" + SHORT_SUFFIX
+    assert items[0].prompt == "Is the sky dark?\n" + SHORT_ANSWER_SUFFIX
     assert items[0].image == str(tmp_path / "images" / "n288870.jpg")
     result = spec.score(items, {"20968379": "Yes.", "20968380": "a laptop"})
     assert result["metrics"]["accuracy"] == 0.5
@@ -249,9 +249,9 @@ def test_gqa_questions_json(tmp_path):
         {"questionId": "20968379", "prediction": "yes"}, {"questionId": "20968380", "prediction": "laptop"}]
     # LLaVA's jsonl already ends with the instruction: it is not appended twice
     llava = write_jsonl(tmp_path / "llava_gqa_testdev_balanced.jsonl", [
-        {"question_id": "20968379", "image": "n288870.jpg", "text": "Is the sky dark?\n" + SHORT_SUFFIX,
+        {"question_id": "20968379", "image": "n288870.jpg", "text": "Is the sky dark?\n" + SHORT_ANSWER_SUFFIX,
          "category": "default"}])
-    assert spec.load(llava, tmp_path)[0].prompt == "Is the sky dark?\n" + SHORT_SUFFIX
+    assert spec.load(llava, tmp_path)[0].prompt == "Is the sky dark?\n" + SHORT_ANSWER_SUFFIX
 
 
 def test_vqav2_questions_and_annotations(tmp_path):
@@ -273,7 +273,7 @@ def test_vqav2_questions_and_annotations(tmp_path):
     spec = BENCHMARKS["vqav2"]
     items = spec.load(tmp_path / "v2_OpenEnded_mscoco_val2014_questions.json", "/coco/val2014")
     assert items[0].image == os.path.join("/coco/val2014", "COCO_val2014_000000262148.jpg")
-    assert items[0].prompt == "How many dogs?\n" + SHORT_SUFFIX
+    assert items[0].prompt == "How many dogs?\n" + SHORT_ANSWER_SUFFIX
     assert len(items[0].answer) == 10 and items[0].meta["answer_type"] == "number"
     assert [it.id for it in spec.load(tmp_path, "/coco")] == ["262148000", "262148001"]  # directory form
     result = spec.score(items, {"262148000": "Two.", "262148001": "Yes"})
@@ -283,9 +283,9 @@ def test_vqav2_questions_and_annotations(tmp_path):
     assert json.loads((tmp_path / "sub.json").read_text()) == [
         {"question_id": 262148000, "answer": "2"}, {"question_id": 262148001, "answer": "yes"}]
     testdev = write_jsonl(tmp_path / "llava_vqav2_mscoco_test-dev2015.jsonl", [
-        {"question_id": 1, "image": "COCO_test2015_000000000001.jpg", "text": "What is it?\n" + SHORT_SUFFIX}])
+        {"question_id": 1, "image": "COCO_test2015_000000000001.jpg", "text": "What is it?\n" + SHORT_ANSWER_SUFFIX}])
     items = spec.load(testdev, "/coco/test2015")
-    assert items[0].answer is None and items[0].prompt == "What is it?\n" + SHORT_SUFFIX
+    assert items[0].answer is None and items[0].prompt == "What is it?\n" + SHORT_ANSWER_SUFFIX
     assert spec.score(items, {"1": "cat"})["metrics"]["n_unlabeled"] == 1
 
 

@@ -18,18 +18,22 @@ import pytest
 from PIL import Image
 
 from victor.data import templates
+from victor.eval.prompts import (
+    CIRCULAR_OFFSET,
+    MC_SUFFIX,
+    MMBENCH_COLUMNS,
+    SHORT_ANSWER_SUFFIX,
+    format_mc_prompt,
+)
 from victor.tiny import scenes as S
 from victor.tiny import texts as T
 from victor.tiny import world as W
 from victor.tiny.scenes import (
     COLOURS,
-    MC_SUFFIX,
-    MMBENCH_COLUMNS,
     NUMBER_WORDS,
     POSITIONS,
     QUESTION_TYPES,
     SHAPES,
-    SHORT_ANSWER_SUFFIX,
     WorldConfig,
 )
 from victor.tiny.world import build_tokenizer, generate_world, world_texts
@@ -322,7 +326,7 @@ def test_mmbench_tsv(world, scenes):
         reader = csv.DictReader(f, delimiter="\t")
         assert reader.fieldnames == MMBENCH_COLUMNS
         rows = list(reader)
-    base = [r for r in rows if int(r["index"]) < S.CIRCULAR_OFFSET]
+    base = [r for r in rows if int(r["index"]) < CIRCULAR_OFFSET]
     assert [int(r["index"]) for r in base] == list(range(CFG.n_val))
     assert Counter(r["category"] for r in base) == {t: CFG.n_val // 5 for t in QUESTION_TYPES}
     by_index = {int(r["index"]): r for r in rows}
@@ -347,19 +351,19 @@ def test_mmbench_tsv(world, scenes):
         assert len(set(opts)) == len(opts)
         if r["D"]:
             for k in (1, 2, 3):
-                c = by_index[i + k * S.CIRCULAR_OFFSET]
+                c = by_index[i + k * CIRCULAR_OFFSET]
                 assert c["question"] == r["question"] and c["image"] == r["image"]
                 assert [c[x] for x in "ABCD"] == opts[k:] + opts[:k]
                 assert c[c["answer"]] == correct
         else:
-            assert all(i + k * S.CIRCULAR_OFFSET not in by_index for k in (1, 2, 3))
+            assert all(i + k * CIRCULAR_OFFSET not in by_index for k in (1, 2, 3))
 
 
 def test_mc_prompt_is_llava_mmbench_format():
-    p = T.format_mc_prompt("What colour is the circle?", ["red", "blue", "green", "white"], hint="A hint.")
+    p = format_mc_prompt("What colour is the circle?", ["red", "blue", "green", "white"], hint="A hint.")
     assert p == ("A hint.\nWhat colour is the circle?\nA. red\nB. blue\nC. green\nD. white\n"
                  "Answer with the option's letter from the given choices directly.")
-    assert T.format_mc_prompt("Q?", ["yes", "no"]) == "Q?\nA. yes\nB. no\n" + MC_SUFFIX
+    assert format_mc_prompt("Q?", ["yes", "no"]) == "Q?\nA. yes\nB. no\n" + MC_SUFFIX
 
 
 # ---------------------------------------------------------------------------------- POPE

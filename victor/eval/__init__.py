@@ -1,11 +1,14 @@
 """Benchmark evaluation: official on-disk formats, LLaVA-1.5 prompts, official metrics.
 
-``victor.eval.benchmarks`` reads the files, ``victor.eval.metrics`` scores answers and
-``victor.eval.run`` drives a caller-supplied ``generate(images, prompts)`` resumably.
-No model code lives here.
+Readers by kind (``multiple_choice``, ``mmbench``, ``yes_no``, ``short_answer``, ``judged``)
+share file reading (``files``), prompts (``prompts``) and the item/spec types (``spec``);
+``registry`` names them, ``metrics`` scores answers and ``run`` drives a caller-supplied
+``generate(images, prompts)`` resumably.  No model code lives here.
 """
-from .benchmarks import BENCHMARKS, BenchmarkFormatError, EvalItem, get_benchmark
+from .files import BenchmarkFormatError
+from .registry import BENCHMARKS, get_benchmark
 from .run import compare_runs, format_summary_table, run_benchmark
+from .spec import EvalItem
 
 __all__ = [
     "BENCHMARKS",

@@ -1,4 +1,4 @@
-"""Pure scoring functions for the benchmark readers in :mod:`victor.eval.benchmarks`.
+"""Pure scoring functions for the benchmark readers of :mod:`victor.eval`.
 
 Everything here works on plain strings and lists, so each metric can be tested alone.
 All rates are fractions in [0, 1] (multiply by 100 for the numbers printed in papers).
@@ -12,13 +12,15 @@ Conventions followed (each function's docstring says which one):
   ``processDigitArticle``, leave-one-annotator-out accuracy ``min(1, #matches / 3)``);
 * GQA: LLaVA ``scripts/convert_gqa_for_eval.py`` (``text.rstrip('.').lower()``) followed by the
   official GQA exact match;
-* MMBench circular evaluation: VLMEvalKit (copies of one question share ``index % 1_000_000``).
+* MMBench circular evaluation: VLMEvalKit (copies of one question share ``index % CIRCULAR_OFFSET``).
 """
 from __future__ import annotations
 
 import re
 from collections import defaultdict
 from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+from .prompts import CIRCULAR_OFFSET
 
 __all__ = [
     "accuracy",
@@ -35,12 +37,7 @@ __all__ = [
     "vqa_soft_accuracy",
 ]
 
-CIRCULAR_MODULUS = 1_000_000
 
-
-# --------------------------------------------------------------------------------------
-# Generic aggregation
-# --------------------------------------------------------------------------------------
 def accuracy(correct: Iterable[float | bool]) -> float:
     """Mean of per-item scores (bools or soft scores); 0.0 for an empty list."""
     values = [float(c) for c in correct]
@@ -64,14 +61,15 @@ def grouped_accuracy(
 
 
 def circular_groups(rows: Iterable[tuple[int, bool]]) -> dict[int, bool]:
-    """Map ``index % 1_000_000`` -> whether every circular copy of that question is right.
+    """Map ``index % CIRCULAR_OFFSET`` -> whether every circular copy of that question is right.
 
     VLMEvalKit stores the k-th circular (option-rotated) copy of MMBench question ``i`` as
-    row ``i + k * 1_000_000``; a question passes CircularEval only if all copies pass.
+    row ``i + k * CIRCULAR_OFFSET`` (1_000_000); a question passes CircularEval only if all
+    copies pass.
     """
     passed: dict[int, bool] = {}
     for index, correct in rows:
-        key = int(index) % CIRCULAR_MODULUS
+        key = int(index) % CIRCULAR_OFFSET
         passed[key] = passed.get(key, True) and bool(correct)
     return passed
 
@@ -86,9 +84,6 @@ def circular_accuracy(rows: Iterable[tuple[int, bool]]) -> float:
     return accuracy(groups.values())
 
 
-# --------------------------------------------------------------------------------------
-# Multiple choice
-# --------------------------------------------------------------------------------------
 _WRAP_CHARS = " \t\r\n*_`'\"()[]{}<>.:,;!?"
 # "B", "(B)", "B.", "B)", "B:", "[B]" at the very start, then whitespace or the end.
 _LEADING_UPPER = re.compile(r"^[\s*_`]*[(\[]?([A-Z])(?:[)\].:,]|(?=\s)|$)")
@@ -189,9 +184,6 @@ def extract_choice(text: str | None, options: Mapping[str, str]) -> str | None:
     return letter
 
 
-# --------------------------------------------------------------------------------------
-# POPE (yes / no)
-# --------------------------------------------------------------------------------------
 def pope_yes_no(text: str | None) -> str:
     """Map a free-form answer to ``"yes"``/``"no"`` exactly like LLaVA ``eval_pope.py``.
 
@@ -250,9 +242,6 @@ def binary_metrics(preds: Sequence[Any], golds: Sequence[Any]) -> dict[str, floa
     }
 
 
-# --------------------------------------------------------------------------------------
-# VQAv2 (official VQA evaluation normalisation)
-# --------------------------------------------------------------------------------------
 # Word -> canonical form table of the official VQA evaluation ("contractions" in vqaEval.py),
 # written here as "key=value" pairs.  The official table also has capitalised keys ("Im",
 # "Ive", "Id've", "I'dve"); they can never match after lower-casing, so they are left out.
@@ -345,9 +334,6 @@ def vqa_soft_accuracy(pred: str | None, answers: Sequence[str]) -> float:
     return sum(scores) / len(scores)
 
 
-# --------------------------------------------------------------------------------------
-# Short answers (GQA, free-form RealWorldQA)
-# --------------------------------------------------------------------------------------
 def normalize_gqa_answer(s: str | None) -> str:
     """LLaVA ``convert_gqa_for_eval.py``: ``text.rstrip('.').lower()`` (plus outer whitespace)."""
     return ("" if s is None else str(s)).strip().rstrip(".").strip().lower()

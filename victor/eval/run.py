@@ -19,7 +19,11 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .benchmarks import BenchmarkSpec, EvalItem, get_benchmark, public_meta
+from PIL import Image
+from tqdm import tqdm
+
+from .registry import get_benchmark
+from .spec import BenchmarkSpec, EvalItem, public_meta
 
 __all__ = ["compare_runs", "format_summary_table", "load_summary", "read_predictions", "run_benchmark"]
 
@@ -30,9 +34,6 @@ RUN_INFO = "run_info.json"
 _COUNT_KEYS = {"n", "tp", "fp", "tn", "fn"}
 
 
-# --------------------------------------------------------------------------------------
-# Predictions file
-# --------------------------------------------------------------------------------------
 def read_predictions(path: str | os.PathLike, repair: bool = True) -> dict[str, dict]:
     """Records of ``predictions.jsonl`` keyed by id.
 
@@ -71,8 +72,6 @@ def _load_image(item: EvalItem):
     if item.image is None:
         return None
     if isinstance(item.image, (str, os.PathLike)):
-        from PIL import Image
-
         try:
             with Image.open(item.image) as im:
                 return im.convert("RGB")
@@ -92,9 +91,6 @@ def _check_run_info(output_dir: Path, spec: BenchmarkSpec, data: Any) -> None:
         info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
-# --------------------------------------------------------------------------------------
-# Running
-# --------------------------------------------------------------------------------------
 def run_benchmark(
     name: str,
     data: str | os.PathLike,
@@ -112,8 +108,6 @@ def run_benchmark(
     Predictions are appended to ``output_dir/predictions.jsonl`` after every batch; ids
     already there are skipped (resume).  ``limit`` keeps the first ``limit`` items.
     """
-    from tqdm import tqdm
-
     spec = get_benchmark(name)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -175,9 +169,6 @@ def run_benchmark(
     return summary
 
 
-# --------------------------------------------------------------------------------------
-# Reporting
-# --------------------------------------------------------------------------------------
 def _fmt(key: str, value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value)

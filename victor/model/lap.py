@@ -22,8 +22,6 @@ therefore settled exactly as on the dense matrix, and the dual update keeps
 every reduced cost >= 0, including the ones never read. Most rows read one
 entry or two.
 """
-
-
 from __future__ import annotations
 
 import numba

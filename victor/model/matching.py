@@ -47,9 +47,6 @@ class MatchingError(ValueError):
     """The requested one-to-one matching is impossible (more tokens than pool rows)."""
 
 
-# --------------------------------------------------------------------------- costs
-
-
 def euclidean_cost(tokens: Tensor, pool: Tensor) -> Tensor:
     """Euclidean distances between tokens ``[..., n, D]`` and pool rows ``[m, D]``.
 
@@ -61,9 +58,6 @@ def euclidean_cost(tokens: Tensor, pool: Tensor) -> Tensor:
         p = pool.detach().to(device=x.device, dtype=torch.float32)
         sq = (x * x).sum(-1, keepdim=True) + (p * p).sum(-1) - 2.0 * (x @ p.T)
         return sq.clamp_min_(0.0).sqrt_()
-
-
-# ------------------------------------------------------------------------ matchers
 
 
 def nearest_assignment(cost: Tensor) -> Tensor:

@@ -42,13 +42,6 @@ POSITIONS: list[str] = [
 NUMBER_WORDS: list[str] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 QUESTION_TYPES: list[str] = ["colour", "shape", "count", "position", "existence"]
 
-SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-MC_SUFFIX = "Answer with the option's letter from the given choices directly."
-OPTION_LETTERS = "ABCD"
-MMBENCH_COLUMNS = [
-    "index", "question", "hint", "A", "B", "C", "D", "answer",
-    "category", "l2-category", "image", "split",
-]
 MMBENCH_L2 = {
     "colour": "perception",
     "shape": "perception",
@@ -56,7 +49,6 @@ MMBENCH_L2 = {
     "count": "reasoning",
     "position": "reasoning",
 }
-CIRCULAR_OFFSET = 1_000_000
 POPE_KINDS = ("random", "popular", "adversarial")
 
 DETAIL_PROMPTS = [

@@ -6,18 +6,16 @@ from collections import Counter
 import numpy as np
 
 from victor.data.templates import IMAGE_TOKEN
+from victor.eval.prompts import OPTION_LETTERS, SHORT_ANSWER_SUFFIX, format_mc_prompt
 from victor.tiny.scenes import (
     COLOUR_NAMES,
     COLOURS,
     MC_HINTS,
-    MC_SUFFIX,
     NUMBER_WORDS,
-    OPTION_LETTERS,
     POSITIONS,
     QUESTION_TYPES,
     SHAPE_PLURALS,
     SHAPES,
-    SHORT_ANSWER_SUFFIX,
     WorldConfig,
 )
 
@@ -191,14 +189,6 @@ def open_question(scene: dict, qtype: str, rng: np.random.Generator,
             q = f"Is there an object at the {p}?"
         return q, want
     raise ValueError(qtype)
-
-
-def format_mc_prompt(question: str, options: list[str], hint: str | None = None) -> str:
-    """The LLaVA-1.5 MMBench prompt (model_vqa_mmbench.py, single_pred_prompt), without <image>."""
-    q = question if not hint else hint + "\n" + question
-    for letter, opt in zip(OPTION_LETTERS, options):
-        q = q + "\n" + letter + ". " + opt
-    return q + "\n" + MC_SUFFIX
 
 
 def mc_question(scene: dict, qtype: str, rng: np.random.Generator, cfg: WorldConfig,

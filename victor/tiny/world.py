@@ -33,6 +33,15 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from victor.data.templates import IMAGE_TOKEN, TEMPLATE_TEXT, VICUNA_CHAT_TEMPLATE
+from victor.eval.prompts import (
+    CIRCULAR_OFFSET,
+    MC_SUFFIX,
+    MMBENCH_COLUMNS,
+    MMBENCH_OPTIONS,
+    SHORT_ANSWER_SUFFIX,
+    circular_copy,
+    format_mc_prompt,
+)
 from victor.tiny.scenes import (
     _S_TEXT_ONLY,
     _S_TRAIN_SCENE,
@@ -43,24 +52,19 @@ from victor.tiny.scenes import (
     _S_VAL_SCENE,
     BOS,
     BOS_ID,
-    CIRCULAR_OFFSET,
     COLOUR_NAMES,
     COLOURS,
     DETAIL_PROMPTS,
     EOS,
     MC_HINTS,
-    MC_SUFFIX,
-    MMBENCH_COLUMNS,
     MMBENCH_L2,
     NUMBER_WORDS,
-    OPTION_LETTERS,
     PAD,
     POPE_KINDS,
     POSITIONS,
     QUESTION_TYPES,
     SHAPE_PLURALS,
     SHAPES,
-    SHORT_ANSWER_SUFFIX,
     SIZES,
     SPECIAL_TOKENS,
     UNK,
@@ -77,7 +81,6 @@ from victor.tiny.texts import (
     _stage2_record,
     _text_only_record,
     detailed_caption,
-    format_mc_prompt,
     mc_question,
     negative_objects,
     open_question,
@@ -225,9 +228,9 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
         q, opts, ans = mc_question(scene, qt, rng, cfg, want=want, two_option=two, freq=freq)
         hint = _pick(rng, MC_HINTS) if rng.random() < 0.25 else ""
         row = {"index": i, "question": q, "hint": hint}
-        for k, letter in enumerate(OPTION_LETTERS):
+        for k, letter in enumerate(MMBENCH_OPTIONS):
             row[letter] = opts[k] if k < len(opts) else ""
-        row.update({"answer": OPTION_LETTERS[ans], "category": qt, "l2-category": MMBENCH_L2[qt],
+        row.update({"answer": MMBENCH_OPTIONS[ans], "category": qt, "l2-category": MMBENCH_L2[qt],
                     "image": base64.b64encode(val_pngs[i]).decode("ascii"), "split": "dev"})
         mm_rows.append(row)
     circular = []
@@ -235,14 +238,8 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
         for row in mm_rows:
             if row["D"] == "":
                 continue
-            opts = [row[x] for x in OPTION_LETTERS]
-            rot = opts[k:] + opts[:k]
-            new = dict(row)
-            new["index"] = row["index"] + k * CIRCULAR_OFFSET
-            for letter, o in zip(OPTION_LETTERS, rot):
-                new[letter] = o
-            new["answer"] = OPTION_LETTERS[rot.index(row[row["answer"]])]
-            circular.append(new)
+            options, answer = circular_copy({x: row[x] for x in MMBENCH_OPTIONS}, row["answer"], k)
+            circular.append({**row, **options, "index": row["index"] + k * CIRCULAR_OFFSET, "answer": answer})
     with open(paths.mmbench, "w", encoding="utf-8", newline="") as f:
         w = csv.DictWriter(f, fieldnames=MMBENCH_COLUMNS, delimiter="\t", lineterminator="\n")
         w.writeheader()
@@ -349,7 +346,7 @@ def world_texts(out_dir: str | os.PathLike) -> Iterator[str]:
             for k in ("question", "hint", "A", "B", "C", "D", "answer"):
                 if row[k]:
                     yield row[k]
-            opts = [row[x] for x in OPTION_LETTERS if row[x]]
+            opts = [row[x] for x in MMBENCH_OPTIONS if row[x]]
             yield format_mc_prompt(row["question"], opts, row["hint"] or None)
     for p in paths.pope.values():
         with open(p, encoding="utf-8") as f:

@@ -18,6 +18,7 @@ from victor.data.llava import Sample
 from victor.data.templates import IMAGE_TOKEN, Rendered
 
 IGNORE = -100
+MAX_IMAGES_PER_SAMPLE = 1024
 log = logging.getLogger(__name__)
 
 
@@ -95,7 +96,7 @@ class LlavaCollator:
     """Callable for a DataLoader/Trainer. Broken samples are dropped and counted in `skipped`."""
 
     def __init__(self, processor, image_seq_length: int, template: str = "chat", max_length: int = 2048,
-                 padding_side: str = "right"):
+                 padding_side: str = "right", image_keys: bool = False):
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r}; choose one of {sorted(TEMPLATES)}")
         self.processor, self.tokenizer = processor, processor.tokenizer
@@ -103,6 +104,7 @@ class LlavaCollator:
         self.max_length, self.padding_side = max_length, padding_side
         self.n_visual = image_seq_length  # the model config's count, what LlavaProcessor expands to
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.image_keys = image_keys  # stage 1.5: name each image (sample index, ordinal) for its mask
         self.skipped: Counter = Counter()
 
     def encode(self, sample: Sample) -> dict | None:
@@ -117,7 +119,8 @@ class LlavaCollator:
         if all(lab == IGNORE for lab in labels):
             self.skipped["no_supervised_tokens"] += 1
             return None
-        return {"input_ids": ids, "labels": labels, "images": sample.images}
+        keys = [sample.index * MAX_IMAGES_PER_SAMPLE + k for k in range(len(sample.images))]
+        return {"input_ids": ids, "labels": labels, "images": sample.images, "keys": keys}
 
     def __call__(self, samples: list[Sample | None]) -> dict[str, torch.Tensor]:
         self.skipped["unreadable"] += sum(s is None for s in samples)
@@ -131,4 +134,6 @@ class LlavaCollator:
         images = [img for e in encoded for img in e["images"]]
         if images:
             batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            if self.image_keys:
+                batch["image_keys"] = torch.tensor([k for e in encoded for k in e["keys"]], dtype=torch.long)
         return batch

@@ -33,6 +33,7 @@ class Sample:
     id: str
     messages: list[dict]  # [{"role": "user"|"assistant"|"system", "content": str with <image>}]
     images: list[Image.Image] = field(default_factory=list)
+    index: int = -1  # position in its dataset: keys the sample's stage-1.5 masks
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
@@ -113,4 +114,4 @@ class LlavaDataset(Dataset):
             self.skipped[type(err).__name__] += 1
             log.warning("skipping %s", err)
             return None
-        return Sample(sid, messages, images)
+        return Sample(sid, messages, images, index)

@@ -168,5 +168,9 @@ def load_model(path: str, dtype: torch.dtype | None = None, attn_implementation:
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    # transformers remembers the key renamings it used while loading and reverts them on save; under
+    # DeepSpeed ZeRO-3 (weights loaded inside zero.Init) that record differs and the saved keys
+    # would too. Forget it, so every stage saves the layout a freshly built LLaVA saves.
+    model._weight_conversions = None
     processor = AutoProcessor.from_pretrained(path)
     return model, processor

@@ -20,6 +20,7 @@ import inspect
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers.masking_utils import create_causal_mask
@@ -52,8 +53,26 @@ class ReconstructionHead(nn.Module):
 def random_token_mask(n_images: int, n_visual: int, n_masked: int, device, generator=None) -> torch.Tensor:
     """Exactly `n_masked` of each image's `n_visual` positions, uniformly at random. -> bool [images, n_visual]."""
     scores = torch.rand(n_images, n_visual, device=device, generator=generator)
+    return _mask_from_scores(scores, n_masked)
+
+
+def keyed_token_mask(keys: torch.Tensor, n_visual: int, n_masked: int, seed: int, step: int, device) -> torch.Tensor:
+    """Like `random_token_mask`, but each image's mask is a function of (seed, step, its key) alone.
+
+    With keys naming the sample (dataset index and image ordinal), a sample gets the same mask
+    whichever process or micro-batch it lands in: one process with batch 8 and two with batch 4
+    train on identical masks.
+    """
+    scores = torch.empty(len(keys), n_visual)
+    for row, key in enumerate(keys.tolist()):
+        mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + key * 0x94D049BB133111EB) % (2**63 - 1)
+        scores[row] = torch.rand(n_visual, generator=torch.Generator().manual_seed(mixed))
+    return _mask_from_scores(scores.to(device), n_masked)
+
+
+def _mask_from_scores(scores: torch.Tensor, n_masked: int) -> torch.Tensor:
     chosen = scores.argsort(dim=1)[:, :n_masked]
-    return torch.zeros(n_images, n_visual, dtype=torch.bool, device=device).scatter_(1, chosen, True)
+    return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, chosen, True)
 
 
 def block_ids(input_ids, attention_mask, labels, image_token_id: int, n_visual: int, mode: str):
@@ -92,9 +111,10 @@ def build_attention_mask(text_config, inputs_embeds, attention_mask, position_id
 class VisualComprehension(nn.Module):
     """Pool + reconstruction head + the stage-1.5 forward around a LLaVA model."""
 
-    def __init__(self, llava, config: ComprehensionConfig):
+    def __init__(self, llava, config: ComprehensionConfig, mask_seed: int = 0):
         super().__init__()
         self.settings = config
+        self.mask_seed = mask_seed
         self.llava = llava
         lcfg = llava.config
         self.n_visual = lcfg.image_seq_length
@@ -139,11 +159,17 @@ class VisualComprehension(nn.Module):
         return torch.stack(list(self.llava.model.get_image_features(pixel_values=pixel_values).pooler_output))
 
     # -- the method ---------------------------------------------------------------------------
-    def mask_and_match(self, tokens: torch.Tensor):
-        """tokens [images, n_visual, hidden] -> (replaced tokens, mask, matched rows, costs)."""
+    def mask_and_match(self, tokens: torch.Tensor, image_keys: torch.Tensor | None = None, step: int = 0):
+        """tokens [images, n_visual, hidden] -> (replaced tokens, mask, matched rows, costs).
+
+        With `image_keys` (one per image, from the collator) masks depend on (seed, step, key) only;
+        without, they come from torch's global generator."""
         n_images, n_visual, hidden = tokens.shape
         n_masked = self.settings.masked_count(n_visual)
-        mask = random_token_mask(n_images, n_visual, n_masked, tokens.device)
+        if image_keys is None:
+            mask = random_token_mask(n_images, n_visual, n_masked, tokens.device)
+        else:
+            mask = keyed_token_mask(image_keys, n_visual, n_masked, self.mask_seed, step, tokens.device)
         masked = tokens[mask].view(n_images, n_masked, hidden)  # positions in ascending order
         cost = matching.euclidean_cost(masked.detach(), self.pool.detach())
         rows = matching.assign(cost, self.settings.matching)  # [images, n_masked], no gradient
@@ -152,9 +178,11 @@ class VisualComprehension(nn.Module):
         replaced = tokens.masked_scatter(mask.unsqueeze(-1), self.pool[rows].to(tokens.dtype))
         return replaced, mask, rows, row_cost
 
-    def forward(self, input_ids, attention_mask, labels, pixel_values=None, num_items_in_batch=None, **kwargs):
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_keys=None, mask_step: int = 0,
+                num_items_in_batch=None, **kwargs):
         llava, lcfg = self.llava, self.llava.config
         if pixel_values is None:  # a text-only batch: nothing to mask or reconstruct
+            self._count_usage(torch.zeros_like(self.usage))  # every rank joins the same collectives
             out = llava(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
                         num_items_in_batch=num_items_in_batch)
             return {"loss": out.loss, "logits": out.logits, "lm_loss": out.loss, "recon_loss": out.loss.new_zeros(()),
@@ -165,7 +193,7 @@ class VisualComprehension(nn.Module):
             raise RuntimeError("pool_init='tokens': the pool has not been seeded; call seed_pool(tokens) before "
                                "training (victor's train_stage does this from the first batches of the data)")
         target = self._target(tokens, vision_out)
-        replaced, mask, rows, row_cost = self.mask_and_match(tokens)
+        replaced, mask, rows, row_cost = self.mask_and_match(tokens, image_keys, mask_step)
 
         is_image = input_ids == lcfg.image_token_id
         embeds = llava.get_input_embeddings()(input_ids)
@@ -209,10 +237,20 @@ class VisualComprehension(nn.Module):
         return err.mean(dim=-1)
 
     @torch.no_grad()
+    def _count_usage(self, counts: torch.Tensor) -> torch.Tensor:
+        """Pool rows matched in this step over all processes; added to the run's `usage` in training.
+
+        Summed across ranks (one all-reduce per forward, on every rank), so usage and the logged
+        pool statistics describe the global batch, and every rank holds the same counters."""
+        if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(counts)
+        if self.training:
+            self.usage += counts
+        return counts
+
+    @torch.no_grad()
     def _stats(self, rows, row_cost, per_position, mask):
-        counts = torch.bincount(rows.flatten(), minlength=self.usage.numel())
-        self.usage += counts
-        counts = counts.float()
+        counts = self._count_usage(torch.bincount(rows.flatten(), minlength=self.usage.numel())).float()
         p = counts / counts.sum()
         entropy = -(p[p > 0] * p[p > 0].log()).sum()
         run_p = self.usage.float() / self.usage.sum()

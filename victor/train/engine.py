@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+SEED_BATCH = 16  # images per forward while seeding the pool: fixed, so the pool is the same on any engine
 
 
 def uses_deepspeed(training_args) -> bool:
@@ -29,6 +30,20 @@ def zero3_enabled() -> bool:
     except ImportError:  # pragma: no cover - transformers without the integration
         return False
     return is_deepspeed_zero3_enabled()
+
+
+def init_distributed(training_args) -> None:
+    """Set up the process group before anything collective (model loading under ZeRO-3 is).
+
+    Accelerate does it for the Trainer (`args.device`); DeepSpeed's own communication layer
+    is initialised on top of it, with gloo where there is no GPU (accelerate does not then).
+    """
+    training_args.device  # noqa: B018 - property with the side effect of initialising the group
+    if uses_deepspeed(training_args) and dist.is_available() and dist.is_initialized():
+        import deepspeed
+
+        if not deepspeed.comm.is_initialized():
+            deepspeed.init_distributed(dist_backend=dist.get_backend())
 
 
 def load_dtype(training_args) -> torch.dtype | None:
@@ -104,10 +119,37 @@ def _project(vc, collator, samples) -> torch.Tensor:
 
 def seed_pool_from_data(vc, dataset, collator, training_args) -> None:
     """The `tokens` pool initialisation, done once before the engine wraps the model."""
-    tokens = first_visual_tokens(vc, dataset, collator, want=vc.pool.shape[0],
-                                 batch_size=training_args.per_device_train_batch_size, seed=training_args.seed)
+    tokens = first_visual_tokens(vc, dataset, collator, want=vc.pool.shape[0], batch_size=SEED_BATCH,
+                                 seed=training_args.seed)
     generator = torch.Generator().manual_seed(training_args.seed)
     with gathered([vc.pool]):
         vc.seed_pool(tokens, generator=generator)
         broadcast_from_main(vc.pool.data)
     log.info("pool seeded from %d visual tokens", tokens.shape[0])
+
+
+@torch.no_grad()
+def replica_mismatches(module: torch.nn.Module) -> list[str]:
+    """Names of replicated tensors (parameters and buffers not sharded by ZeRO-3 or FSDP) whose
+    values differ between ranks; [] on one process. A cheap end-of-run self-check: two
+    float64 checksums per tensor, compared with one all-reduce of the max and one of the min."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return []
+    named = [(n, t) for n, t in module.state_dict(keep_vars=True).items()
+             if not hasattr(t, "ds_id") and type(t).__name__ != "DTensor" and t.numel()]
+    if not named:
+        return []
+    device = named[0][1].device if dist.get_backend() != "nccl" else torch.device("cuda")
+    positions = {}
+    sums = []
+    for name, t in named:
+        flat = t.detach().reshape(-1).double()
+        weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+        sums += [flat.sum(), (flat * weights).sum()]
+        positions[name] = len(sums) - 2
+    local = torch.stack(sums).to(device)
+    high, low = local.clone(), local.clone()
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    same = (high == low).cpu()
+    return [n for n, i in positions.items() if not (same[i] and same[i + 1])]

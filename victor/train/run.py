@@ -12,7 +12,7 @@ from victor.data.llava import LlavaDataset
 from victor.model.assemble import build_model, load_model, prepare_tokenizer
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import resolve_resume
-from victor.train.engine import load_dtype, seed_pool_from_data
+from victor.train.engine import init_distributed, load_dtype, replica_mismatches, seed_pool_from_data
 from victor.train.stages import apply_freezing, resolve_stage
 from victor.train.trainer import VictorTrainer, write_stage_record
 
@@ -49,15 +49,17 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     stage = resolve_stage(stage_args.stage, stage_args.train_vision, stage_args.comprehension, data_args.template)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     dataset = LlavaDataset(data_args.data_path, data_args.image_root)
-    training_args.device  # noqa: B018 - sets up the process group (torchrun) before anything collective
+    init_distributed(training_args)
     # everything random that exists before the Trainer (projector, pool, head) is built after seeding
     set_seed(training_args.seed)
     model, processor = make_model(model_args, dtype=load_dtype(training_args))
-    trained = VisualComprehension(model, comp_args) if stage.comprehension else model
+    set_seed(training_args.seed)  # loading consumes randomness differently per engine (ZeRO-3's zero.Init)
+    trained = VisualComprehension(model, comp_args, mask_seed=training_args.seed) if stage.comprehension else model
     counts = apply_freezing(trained, stage)
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 
-    collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length)
+    collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length,
+                             image_keys=stage.comprehension)
     if stage.comprehension and comp_args.pool_init == "tokens" and resume is None:
         seed_pool_from_data(trained, dataset, collator, training_args)
     training_args.remove_unused_columns = False
@@ -78,6 +80,9 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     )
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
+    mismatched = replica_mismatches(trainer.accelerator.unwrap_model(trainer.model_wrapped))
+    if mismatched:
+        log.error("replicas differ between ranks after training: %s", mismatched[:10])
     if not training_args.should_save:
         return training_args.output_dir
     write_stage_record(
@@ -90,6 +95,8 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "trainable_parameters": counts,
             "skipped_samples": dict(collator.skipped) | dict(dataset.skipped),
             "train_loss": result.training_loss,
+            "world_size": training_args.world_size,
+            "replicas_differ": mismatched,
             "log_history": trainer.state.log_history,
             "model": model_args,
             "data": data_args,

@@ -63,7 +63,7 @@ class VictorTrainer(Trainer):
         core = self.accelerator.unwrap_model(model)
         if not isinstance(core, VisualComprehension):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        out = model(**inputs, num_items_in_batch=num_items_in_batch)
+        out = model(**inputs, mask_step=self.state.global_step, num_items_in_batch=num_items_in_batch)
         # With tokens averaged across devices the LM loss is this rank's share of a global mean, so
         # (as in Trainer.compute_loss) it is scaled by the world size; the reconstruction loss is
         # already a per-rank mean that DDP's gradient averaging handles.

@@ -12,6 +12,9 @@ $(BIN)/victor: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# DeepSpeed builds its CUDA ops on first use; without a GPU (and in CI) install it without them,
+	# against the torch above (no build isolation: its setup imports torch)
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --no-build-isolation "deepspeed>=0.16"
 	touch $(BIN)/victor
 
 install: $(BIN)/victor

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-from transformers import set_seed
+from transformers import TrainerState, set_seed
 
 from victor.config import Recipe, parse_recipe
 from victor.data.collate import LlavaCollator
@@ -12,7 +13,12 @@ from victor.data.llava import LlavaDataset
 from victor.model.assemble import build_model, load_model, prepare_tokenizer
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import resolve_resume
-from victor.train.engine import init_distributed, load_dtype, replica_mismatches, seed_pool_from_data
+from victor.train.engine import (
+    init_distributed,
+    load_dtype,
+    replica_mismatches,
+    seed_pool_from_data,
+)
 from victor.train.stages import apply_freezing, resolve_stage
 from victor.train.trainer import VictorTrainer, write_stage_record
 
@@ -78,6 +84,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "head": comp_args.head_lr,
         },
     )
+    start_step = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json")).global_step if resume else 0
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     mismatched = replica_mismatches(trainer.accelerator.unwrap_model(trainer.model_wrapped))
@@ -96,6 +103,8 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "skipped_samples": dict(collator.skipped) | dict(dataset.skipped),
             "train_loss": result.training_loss,
             "world_size": training_args.world_size,
+            "resumed_from": resume,
+            "steps_run": result.global_step - start_step,
             "replicas_differ": mismatched,
             "log_history": trainer.state.log_history,
             "model": model_args,

@@ -1,0 +1,190 @@
+"""Engines: DDP and DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo) train and save what one process
+trains on the same global batch; resume continues the same run; a kill loses nothing."""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import LlavaForConditionalGeneration
+
+from victor.train.run import train_from_recipe
+
+DEEPSPEED = resources.files("victor") / "recipes" / "deepspeed"
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def setup(backbones, tmp_path_factory):
+    root = tmp_path_factory.mktemp("engines")
+    (root / "img").mkdir()
+    records = []
+    for i in range(32):
+        colour = list(COLOURS)[i % 4]
+        Image.new("RGB", (32, 32), COLOURS[colour]).save(root / "img" / f"{i}.png")
+        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\ndescribe the image in detail ."},
+            {"from": "gpt", "value": f"the background is {colour} . there are no objects ."}]})
+    (root / "chat.json").write_text(json.dumps(records))
+    vision, llm = backbones
+    train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(root / "chat.json"),
+                             "--image_root", str(root / "img"), "--output_dir", str(root / "s1"), "--max_steps", "2",
+                             "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "no",
+                             "--use_cpu", "True"])
+    return root
+
+
+def stage15(root, out, batch, steps=4, extra=()):
+    return ["--stage", "1.5", "--init_from", str(root / "s1"), "--pool_size", "32", "--data_path",
+            str(root / "chat.json"), "--image_root", str(root / "img"), "--output_dir", str(out),
+            "--per_device_train_batch_size", str(batch), "--max_steps", str(steps), "--learning_rate", "1e-3",
+            "--logging_steps", "1", "--report_to", "none", "--save_strategy", "no", "--use_cpu", "True",
+            "--seed", "0", "--data_seed", "0", "--warmup_steps", "0", "--disable_tqdm", "True", *extra]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args, nproc=2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), "-m", "victor.cli", "train", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def record(out):
+    return json.loads((out / "victor_stage.json").read_text())
+
+
+def losses(out):
+    return [h["loss"] for h in record(out)["log_history"] if "lm_loss" in h]
+
+
+def weights(out):
+    return {**load_file(str(out / "model.safetensors")),
+            **{f"extra.{k}": v for k, v in load_file(str(out / "comprehension.safetensors")).items()}}
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    out = setup / "one-process"
+    train_from_recipe(None, stage15(setup, out, batch=8))
+    return out
+
+
+ENGINES = {"ddp": [], "zero2": ["--deepspeed", str(DEEPSPEED / "zero2.json")],
+           "zero3": ["--deepspeed", str(DEEPSPEED / "zero3.json")]}
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_two_processes_train_and_save_what_one_process_does(setup, reference, engine):
+    out = setup / engine
+    launch(stage15(setup, out, batch=4, extra=ENGINES[engine]))
+    rec = record(out)
+    assert rec["world_size"] == 2 and rec["replicas_differ"] == []
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-5)
+    ours, ref = weights(out), weights(reference)
+    assert ours.keys() == ref.keys()
+    for key in ref:
+        assert ours[key].shape == ref[key].shape and ours[key].numel() > 0, key
+        assert torch.allclose(ours[key].float(), ref[key].float(), atol=2e-6), (key, (ours[key] - ref[key]).abs().max())
+    # pool usage counts every rank's images
+    assert torch.equal(ours["extra.usage"], ref["extra.usage"])
+    stock = LlavaForConditionalGeneration.from_pretrained(out)
+    saved = load_file(str(out / "model.safetensors"))
+    assert sum(v.numel() for v in stock.state_dict().values()) == sum(v.numel() for v in saved.values())
+
+
+def test_zero3_resume_continues_the_same_run(setup):
+    full = setup / "z3-full"
+    launch(stage15(setup, full, batch=4, extra=[*ENGINES["zero3"], "--save_strategy", "steps", "--save_steps", "2"]))
+    assert (full / "checkpoint-2" / "trainer_state.json").is_file()
+    resumed = setup / "z3-resumed"
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    launch(stage15(setup, resumed, batch=4, extra=[*ENGINES["zero3"], "--resume_from_checkpoint", "auto"]))
+    rec = record(resumed)
+    assert rec["resumed_from"].endswith("checkpoint-2") and rec["steps_run"] == 2
+    assert losses(resumed) == pytest.approx(losses(full), rel=1e-6)
+    a, b = weights(full), weights(resumed)
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_sigkill_after_a_checkpoint_then_auto_resume_is_exact(setup, tmp_path):
+    steps = 40
+    args = lambda out, *extra: stage15(setup, out, batch=4, steps=steps,  # noqa: E731
+                                       extra=["--save_strategy", "steps", "--save_steps", "5", *extra])
+    whole = tmp_path / "whole"
+    train_from_recipe(None, args(whole))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "victor.cli", "train", *args(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-5").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists(), "the run finished before it was killed"
+    done = sorted(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*"))
+    assert done and done[-1] < steps
+
+    subprocess.run([*cmd, "--resume_from_checkpoint", "auto"], check=True, env=ENV, capture_output=True)
+    rec = record(killed)
+    assert rec["resumed_from"].endswith(f"checkpoint-{done[-1]}") and rec["steps_run"] == steps - done[-1]
+    assert losses(killed) == losses(whole)
+    a, b = weights(whole), weights(killed)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_save_that_dies_leaves_no_checkpoint_for_auto(setup, tmp_path, monkeypatch):
+    from victor.train import checkpoint
+    from victor.train.trainer import VictorTrainer
+
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    original = VictorTrainer._save_rng_state
+
+    def dies_on_second_save(self, output_dir):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed while saving")
+        return original(self, output_dir)
+
+    monkeypatch.setattr(VictorTrainer, "_save_rng_state", dies_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_from_recipe(None, stage15(setup, out, batch=4, steps=8,
+                                        extra=["--save_strategy", "steps", "--save_steps", "2"]))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (out / checkpoint.STAGING / "checkpoint-4").is_dir()  # the half-written one, under its staging name
+    assert checkpoint.resolve_resume("auto", str(out)) == str(out / "checkpoint-2")
+    # an older or foreign incomplete checkpoint-N is passed over too
+    (out / "checkpoint-6").mkdir()
+    (out / "checkpoint-6" / "model.safetensors").write_bytes(b"")
+    assert checkpoint.resolve_resume("auto", str(out)) == str(out / "checkpoint-2")
+
+
+def test_resume_targets_are_checked(setup, reference, tmp_path):
+    from victor.train.checkpoint import CheckpointError, resolve_resume
+
+    with pytest.raises(CheckpointError, match="finished stage's output"):
+        resolve_resume(str(reference), str(tmp_path))
+    with pytest.raises(CheckpointError, match="no complete checkpoint-N"):
+        resolve_resume("auto", str(tmp_path))
+    assert resolve_resume("auto-or-new", str(tmp_path)) is None
+    with pytest.raises(CheckpointError, match="no such directory"):
+        resolve_resume(str(tmp_path / "nope"), str(tmp_path))

@@ -188,3 +188,8 @@ def test_resume_targets_are_checked(setup, reference, tmp_path):
     assert resolve_resume("auto-or-new", str(tmp_path)) is None
     with pytest.raises(CheckpointError, match="no such directory"):
         resolve_resume(str(tmp_path / "nope"), str(tmp_path))
+
+
+def test_fsdp_that_would_silently_run_as_ddp_is_refused(setup, tmp_path):
+    with pytest.raises(SystemExit, match="silently run plain DDP"):
+        train_from_recipe(None, stage15(setup, tmp_path / "fsdp", batch=4, extra=["--fsdp", "full_shard"]))

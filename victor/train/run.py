@@ -5,6 +5,7 @@ import logging
 import os
 from pathlib import Path
 
+import torch
 from transformers import TrainerState, set_seed
 
 from victor.config import Recipe, parse_recipe
@@ -54,6 +55,8 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     comp_args, training_args = recipe.comprehension, recipe.training
     stage = resolve_stage(stage_args.stage, stage_args.train_vision, stage_args.comprehension, data_args.template)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    if training_args.fsdp and (training_args.use_cpu or not torch.cuda.is_available()):
+        raise SystemExit(fsdp_refusal(training_args, "a CPU run"))
     dataset = LlavaDataset(data_args.data_path, data_args.image_root)
     init_distributed(training_args)
     # everything random that exists before the Trainer (projector, pool, head) is built after seeding
@@ -84,6 +87,8 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "head": comp_args.head_lr,
         },
     )
+    if training_args.fsdp and not trainer.is_fsdp_enabled:
+        raise SystemExit(fsdp_refusal(training_args, trainer.accelerator.distributed_type))
     start_step = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json")).global_step if resume else 0
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
@@ -114,6 +119,12 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         },
     )
     return training_args.output_dir
+
+
+def fsdp_refusal(training_args, how) -> str:
+    return (f"--fsdp {training_args.fsdp!r} was asked for, but accelerate runs this job as {how}, without FSDP "
+            "(on CPU the Trainer ignores --fsdp and would silently run plain DDP). Shard with DeepSpeed ZeRO-3 "
+            "(--deepspeed recipes/deepspeed/zero3.json), or run FSDP on GPUs.")
 
 
 def train_from_recipe(recipe: str | Path | None, overrides: list[str] | None = None) -> str:

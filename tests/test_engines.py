@@ -191,5 +191,27 @@ def test_resume_targets_are_checked(setup, reference, tmp_path):
 
 
 def test_fsdp_that_would_silently_run_as_ddp_is_refused(setup, tmp_path):
-    with pytest.raises(SystemExit, match="silently run plain DDP"):
+    from victor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="silently run plain DDP"):
         train_from_recipe(None, stage15(setup, tmp_path / "fsdp", batch=4, extra=["--fsdp", "full_shard"]))
+
+
+def test_same_recipe_and_seed_give_identical_weights_in_fresh_processes(setup, backbones, tmp_path):
+    """Projector, pool and head are built after seeding; data order and masks are seeded."""
+    vision, llm = backbones
+    runs = {}
+    for name in ("a", "b"):
+        s1, s15 = tmp_path / name / "s1", tmp_path / name / "s15"
+        stage1 = ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(setup / "chat.json"),
+                  "--image_root", str(setup / "img"), "--output_dir", str(s1), "--max_steps", "2",
+                  "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",
+                  "--use_cpu", "True", "--logging_steps", "1", "--seed", "3"]
+        for args in (stage1, stage15(setup, s15, batch=4, steps=3, extra=["--init_from", str(s1), "--seed", "3"])):
+            subprocess.run([sys.executable, "-m", "victor.cli", "train", *args], check=True, env=ENV,
+                           capture_output=True)
+        runs[name] = (load_file(str(s1 / "model.safetensors")), weights(s15), losses(s15))
+    (a1, a15, a_loss), (b1, b15, b_loss) = runs["a"], runs["b"]
+    assert a_loss == b_loss
+    for a, b in ((a1, b1), (a15, b15)):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -32,7 +32,14 @@ def _train(argv):
 
         HfArgumentParser(ARGUMENT_CLASSES).print_help()
         return
-    print(train_from_recipe(recipe, overrides))
+    from victor.config import ConfigError
+    from victor.data.llava import DataFormatError
+    from victor.train.checkpoint import CheckpointError
+
+    try:
+        print(train_from_recipe(recipe, overrides))
+    except (ConfigError, CheckpointError, DataFormatError) as err:
+        raise SystemExit(f"victor train: {err}") from None
 
 
 def _chat(args):

@@ -10,6 +10,7 @@ command-line strings.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -30,6 +31,22 @@ FeatureSelect = Literal["default", "full"]
 ATTENTION_MODES: tuple[str, ...] = get_args(Attention)
 POOL_INITS: tuple[str, ...] = get_args(PoolInit)
 MATCHERS: tuple[str, ...] = get_args(Matching)
+
+
+class ConfigError(ValueError):
+    """A recipe or command-line option that cannot run; the message names the option."""
+
+
+def check_choices(options) -> None:
+    """Every `Literal` field of a dataclass holds one of its choices (typed calls bypass argparse)."""
+    for name, hint in get_type_hints(type(options)).items():
+        allowed = get_args(hint)
+        if get_origin(hint) is Literal or (type(None) in allowed and any(get_origin(a) is Literal for a in allowed)):
+            choices = [c for a in allowed for c in (get_args(a) if get_origin(a) is Literal else (a,))]
+            choices = [c for c in choices if c is not type(None)] + ([None] if type(None) in allowed else [])
+            if getattr(options, name) not in choices:
+                raise ConfigError(f"{name}={getattr(options, name)!r}; choose one of "
+                                  f"{', '.join(str(c) for c in choices)}")
 
 
 def _opt(default, help: str):
@@ -88,18 +105,23 @@ class ComprehensionConfig:
     recon_weight: float = _opt(10.0, "weight of the reconstruction loss")
     recon_beta: float = _opt(0.01, "SmoothL1 beta of the reconstruction loss")
 
-    def validate(self, n_visual: int) -> None:
+    def validate(self, n_visual: int | None = None) -> None:
         """Raise a configuration error before training starts, never mid-run."""
-        for name, hint in get_type_hints(type(self)).items():
-            if get_origin(hint) is Literal and getattr(self, name) not in get_args(hint):
-                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(get_args(hint))}")
+        check_choices(self)
         if not 0.0 < self.mask_ratio <= 1.0:
-            raise ValueError(f"mask_ratio={self.mask_ratio} must be in (0, 1]")
-        if self.pool_size < 1:
-            raise ValueError(f"pool_size={self.pool_size} must be >= 1")
+            raise ConfigError(f"mask_ratio={self.mask_ratio} must be in (0, 1]")
+        for name in ("pool_size",):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("recon_weight", "recon_beta", "pool_lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{name}={value} must be a finite number >= 0")
+        if n_visual is None:
+            return
         n_masked = self.masked_count(n_visual)
         if self.matching == "hungarian" and self.pool_size < n_masked:
-            raise ValueError(
+            raise ConfigError(
                 f"Hungarian matching is one-to-one: the pool has {self.pool_size} rows but "
                 f"{n_masked} of {n_visual} visual tokens per image are masked; raise pool_size "
                 f"to >= {n_masked} or lower mask_ratio"

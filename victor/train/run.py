@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerState, set_seed
 
-from victor.config import Recipe, parse_recipe
+from victor.config import ConfigError, Recipe, parse_recipe
 from victor.data.collate import LlavaCollator
 from victor.data.llava import LlavaDataset
 from victor.model.assemble import build_model, load_model, prepare_tokenizer
@@ -20,6 +20,7 @@ from victor.train.engine import (
     replica_mismatches,
     seed_pool_from_data,
 )
+from victor.train.preflight import check_max_length, preflight
 from victor.train.stages import apply_freezing, resolve_stage
 from victor.train.trainer import VictorTrainer, write_stage_record
 
@@ -35,7 +36,7 @@ def make_model(model_args, dtype=None):
             processor.chat_template = processor.tokenizer.chat_template
         return model, processor
     if not (model_args.vision and model_args.llm):
-        raise SystemExit("set either init_from (a previous stage's output) or both vision and llm")
+        raise ConfigError("set either init_from (a previous stage's output) or both vision and llm")
     return build_model(
         model_args.vision,
         model_args.llm,
@@ -54,14 +55,16 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     model_args, data_args, stage_args = recipe.model, recipe.data, recipe.stage
     comp_args, training_args = recipe.comprehension, recipe.training
     stage = resolve_stage(stage_args.stage, stage_args.train_vision, stage_args.comprehension, data_args.template)
+    preflight(recipe, stage.comprehension)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if training_args.fsdp and (training_args.use_cpu or not torch.cuda.is_available()):
-        raise SystemExit(fsdp_refusal(training_args, "a CPU run"))
+        raise ConfigError(fsdp_refusal(training_args, "a CPU run"))
     dataset = LlavaDataset(data_args.data_path, data_args.image_root)
     init_distributed(training_args)
     # everything random that exists before the Trainer (projector, pool, head) is built after seeding
     set_seed(training_args.seed)
     model, processor = make_model(model_args, dtype=load_dtype(training_args))
+    check_max_length(data_args.max_length, model.config.image_seq_length)
     set_seed(training_args.seed)  # loading consumes randomness differently per engine (ZeRO-3's zero.Init)
     trained = VisualComprehension(model, comp_args, mask_seed=training_args.seed) if stage.comprehension else model
     counts = apply_freezing(trained, stage)
@@ -88,7 +91,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         },
     )
     if training_args.fsdp and not trainer.is_fsdp_enabled:
-        raise SystemExit(fsdp_refusal(training_args, trainer.accelerator.distributed_type))
+        raise ConfigError(fsdp_refusal(training_args, trainer.accelerator.distributed_type))
     start_step = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json")).global_step if resume else 0
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)

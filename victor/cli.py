@@ -85,7 +85,17 @@ def _bench(argv):
     bench_main(argv)
 
 
-PASS_THROUGH = {"train": _train, "demo": _demo, "bench": _bench}  # these parse their own options
+def _estimate_memory(argv):
+    from victor.config import ConfigError
+    from victor.train.memory import main as memory_main
+
+    try:
+        memory_main(argv)
+    except ConfigError as err:
+        raise SystemExit(f"victor estimate-memory: {err}") from None
+
+
+PASS_THROUGH = {"train": _train, "demo": _demo, "bench": _bench, "estimate-memory": _estimate_memory}  # these parse their own options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+")
 
     sub.add_parser("demo", help="the main job: tiny world -> stages -> eval -> report", add_help=False)
+    sub.add_parser("estimate-memory", help="per-GPU memory of a recipe's stage: --gpus N --zero 2|3",
+                   add_help=False)
     sub.add_parser("bench", help="timing: `victor bench step`, `victor bench matching`", add_help=False)
     return p
 

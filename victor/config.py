@@ -79,9 +79,9 @@ class StageArguments:
     stage: StageName = _opt("1", "1: projector alignment, 1.5: visual comprehension, 2: instruction tuning")
     train_vision: bool = _opt(False, "also train the vision tower (ViCToR, stages 1.5 and 2)")
     comprehension: bool = _opt(True, "stage 1.5 only; False runs the plain detailed-caption baseline")
-    projector_lr: float | None = _opt(None, "projector learning rate (default: learning_rate)")
-    llm_lr: float | None = _opt(None, "LLM learning rate (default: learning_rate)")
-    vision_lr: float | None = _opt(None, "vision tower learning rate (default: learning_rate)")
+    projector_lr: float | None = _opt(None, "projector learning rate (unset: learning_rate)")
+    llm_lr: float | None = _opt(None, "LLM learning rate (unset: learning_rate)")
+    vision_lr: float | None = _opt(None, "vision tower learning rate (unset: learning_rate)")
 
 
 @dataclass
@@ -92,8 +92,8 @@ class ComprehensionConfig:
     pool_init: PoolInit = _opt(
         "tokens", "tokens: rows seeded from real projected visual tokens; unit: random unit rows; "
                   "paper: the published standard-normal init (degenerate matching)")
-    pool_lr: float | None = _opt(1.5e-4, "pool learning rate (default: learning_rate)")
-    head_lr: float | None = _opt(None, "reconstruction head learning rate (default: learning_rate)")
+    pool_lr: float | None = _opt(1.5e-4, "pool learning rate (the published 1.5e-4; unset: learning_rate)")
+    head_lr: float | None = _opt(None, "reconstruction head learning rate (unset: learning_rate)")
     mask_ratio: float = _opt(0.75, "share of each image's visual tokens replaced by pool rows, in (0, 1]")
     matching: Matching = _opt("hungarian", "hungarian: exact one-to-one minimum cost; nearest: per-token argmin")
     attention: Attention = _opt(

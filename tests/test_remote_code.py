@@ -4,13 +4,18 @@ Checkpoints written by `build_model`'s model, by a stage-1 run (stock Trainer `_
 stage-1.5 run (`VictorTrainer._save`) are loaded in a subprocess where `import victor` fails, with
 the stock Auto classes, `pipeline`, and the loading and generate calls of lmms-eval's `huggingface`
 model (all but its `audios=[]` processor argument, which LlavaProcessor rejects in transformers
-5.16.1, 5.20.0 and 5.24.0); logits and greedy answers must equal those of victor's own class.
+5.16.1, 5.20.0 and 5.24.0); logits and greedy answers must equal those of victor's own class. The vLLM plugin is
+checked without vLLM (it cannot be installed here).
 """
 import ast
+import importlib
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -241,3 +246,19 @@ def test_with_victor_imported_the_flag_changes_nothing(checkpoints):
             assert type(auto.from_pretrained(checkpoints[0], trust_remote_code=flag)) is \
                 VictorLlavaForConditionalGeneration
 
+
+def test_vllm_plugin_is_declared_and_imports_without_vllm(monkeypatch):
+    section = re.search(r'^\[project\.entry-points\."vllm\.general_plugins"\]\n((?:[^\[\n].*\n)*)',
+                        (REPO / "pyproject.toml").read_text(), re.M)
+    module_name, func_name = re.search(r'^victor = "(.+)"$', section.group(1), re.M).group(1).split(":")
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    plugin = importlib.import_module(module_name)
+    assert "vllm" not in sys.modules  # vllm is imported only when vLLM calls the plugin
+    registered = {}
+    registry = types.SimpleNamespace(get_supported_archs=lambda: list(registered),
+                                     register_model=lambda arch, cls: registered.setdefault(arch, cls))
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(ModelRegistry=registry))
+    getattr(plugin, func_name)()
+    getattr(plugin, func_name)()  # vLLM loads plugins once per process it starts: idempotent
+    module, cls = registered["VictorLlavaForConditionalGeneration"].split(":")
+    assert cls == "VictorLlavaForConditionalGeneration" and importlib.util.find_spec(module) is not None

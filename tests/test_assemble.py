@@ -80,11 +80,11 @@ def test_normalized_projector_is_its_own_type_and_never_loads_silently(backbones
     # stock class: fails while building the projector instead of silently dropping the norm
     with pytest.raises(KeyError, match=r"gelu\+l2norm"):
         LlavaForConditionalGeneration.from_pretrained(tmp_path)
-    # stock Auto classes without victor imported: unknown model type
+    # stock Auto classes without victor imported: the checkpoint's own code is refused without trust_remote_code
     code = (f"from transformers import AutoModelForImageTextToText as A; A.from_pretrained({str(tmp_path)!r})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": ""})
-    assert proc.returncode != 0 and "victor_llava" in proc.stderr
+                          env={"HF_HUB_OFFLINE": "1", "PATH": ""}, stdin=subprocess.DEVNULL)
+    assert proc.returncode != 0 and "trust_remote_code=True" in proc.stderr
     # victor's loader applies it
     loaded, _ = load_model(str(tmp_path))
     inputs = prompt_inputs(processor)

@@ -17,8 +17,8 @@ RECIPES = resources.files("victor") / "recipes"
 
 @pytest.mark.parametrize("name", ["croc-7b", "victor-7b", "tiny"])
 def test_recipes_parse_with_published_hyperparameters(name):
-    # bf16 recipes are validated against the hardware: parse as a CPU run would
-    parsed = {s: parse_recipe(RECIPES / name / f"{s}.yaml", ["--use_cpu", "True"])
+    # bf16/tf32 recipes are validated against the hardware: parse as a CPU run would
+    parsed = {s: parse_recipe(RECIPES / name / f"{s}.yaml", ["--use_cpu", "True", "--tf32", "False"])
               for s in ("stage1", "stage1_5", "stage2")}
     r1, r15, r2 = parsed["stage1"], parsed["stage1_5"], parsed["stage2"]
     m1, st1, t1 = r1.model, r1.stage, r1.training
@@ -30,8 +30,11 @@ def test_recipes_parse_with_published_hyperparameters(name):
     if name == "tiny":
         return
     n_gpus = 8
-    assert t1.learning_rate == 1e-3 and t1.per_device_train_batch_size * n_gpus == 256
-    assert t15.per_device_train_batch_size * n_gpus == 128 and t2.per_device_train_batch_size * n_gpus == 128
+    def global_batch(t):  # per device x accumulation x GPUs, as published
+        return t.per_device_train_batch_size * t.gradient_accumulation_steps * n_gpus
+
+    assert t1.learning_rate == 1e-3 and global_batch(t1) == 256
+    assert global_batch(t15) == 128 and global_batch(t2) == 128
     assert m1.normalize_projector and c15.pool_size == 2048 and t15.bf16 and t15.activation_checkpointing
     if name == "croc-7b":
         assert (m1.vision, m1.llm) == ("openai/clip-vit-large-patch14-336", "lmsys/vicuna-7b-v1.5")
@@ -57,7 +60,8 @@ def test_recipe_code_path_with_tiny_stand_ins(name, vision, llm, tmp_path):
     (tmp_path / "d.json").write_text(json.dumps(records))
     small = ["--data_path", str(tmp_path / "d.json"), "--image_root", str(tmp_path / "img"), "--max_steps", "2",
              "--per_device_train_batch_size", "2", "--save_strategy", "no", "--report_to", "none", "--bf16", "False",
-             "--use_cpu", "True", "--dataloader_num_workers", "0", "--pool_size", "16", "--max_length", "256"]
+             "--use_cpu", "True", "--dataloader_num_workers", "0", "--pool_size", "16", "--max_length", "256",
+             "--tf32", "False", "--deepspeed", ""]  # one CPU process: no tf32, no DeepSpeed engine
     out = {s: tmp_path / s for s in ("stage1", "stage1_5", "stage2")}
     train_from_recipe(RECIPES / name / "stage1.yaml", small + ["--vision", v, "--llm", l, "--output_dir", str(out["stage1"])])
     for prev, stage in (("stage1", "stage1_5"), ("stage1_5", "stage2")):

@@ -27,6 +27,7 @@ ReconPositions = Literal["all", "masked"]
 StageName = Literal["1", "1.5", "2"]
 Template = Literal["plain", "chat"]
 FeatureSelect = Literal["default", "full"]
+AspectRatio = Literal["pad", "native"]
 
 ATTENTION_MODES: tuple[str, ...] = get_args(Attention)
 POOL_INITS: tuple[str, ...] = get_args(PoolInit)
@@ -62,8 +63,14 @@ class ModelArguments:
     vision_feature_layer: int = _opt(-2, "encoder layer whose features feed the projector")
     vision_feature_select_strategy: FeatureSelect = _opt("default", "default: drop the CLS token; full: keep it")
     normalize_projector: bool = _opt(False, "L2-normalise projector outputs per token (both published recipes)")
-    chat_template: str | None = _opt(None, "'vicuna', a Jinja template string, or (unset) the tokenizer's own")
+    chat_template: str | None = _opt(
+        None, "'vicuna' (Vicuna v1), 'chatml' (LLaVA-NeXT's qwen_1_5), a Jinja template string, "
+              "or (unset) the tokenizer's own")
     attn_implementation: str = _opt("sdpa", "eager | sdpa | flex_attention | flash_attention_2")
+    image_aspect_ratio: AspectRatio | None = _opt(
+        None, "pad: pad each image to a square with the encoder's mean colour, then resize (LLaVA's `pad`: "
+              "nothing is cropped); native: the encoder's own processor (CLIP: resize the short side and "
+              "centre-crop); unset: keep init_from's processor, or the encoder's own. Saved with the checkpoint")
 
 
 @dataclass
@@ -72,6 +79,9 @@ class DataArguments:
     image_root: str | None = _opt(None, "folder the records' image paths are relative to")
     max_length: int = _opt(2048, "tokens per sample; longer samples are cut after their last image")
     template: Template | None = _opt(None, "plain | chat; defaults to the stage's")
+    group_by_modality_length: bool = _opt(
+        False, "every global batch all-image or all-text, its samples balanced by length across devices and "
+               "accumulation steps (LLaVA's group_by_modality_length)")
 
 
 @dataclass
@@ -157,12 +167,30 @@ class Recipe:
         return Recipe(**parts)
 
 
+# Options whose relative paths may name a file shipped with the recipes (recipes/deepspeed/*.json).
+PACKAGED_PATHS = ("deepspeed",)
+
+
+def packaged_path(recipe: Path, value: str) -> str:
+    """`value` as given if it exists relative to the working directory (or is absolute, or is not
+    found); otherwise resolved against the nearest ancestor of the recipe file that holds it, so
+    `deepspeed: recipes/deepspeed/zero3.json` works from any directory and from an installed package."""
+    if Path(value).is_absolute() or Path(value).exists():
+        return value
+    for root in recipe.resolve().parents:
+        if (root / value).is_file():
+            return str(root / value)
+    return value
+
+
 def yaml_to_argv(path: str | Path) -> list[str]:
     recipe = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: a recipe is a mapping of option: value")
     argv = []
     for key, value in recipe.items():
+        if key in PACKAGED_PATHS and isinstance(value, str) and value:
+            value = packaged_path(Path(path), value)
         if isinstance(value, list):
             argv += [f"--{key}", *map(str, value)]
         elif value is not None:

@@ -19,11 +19,16 @@ from transformers import (
     AutoTokenizer,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaImageProcessor,
     LlavaProcessor,
     PreTrainedTokenizerBase,
 )
 
-from victor.data.templates import IMAGE_TOKEN, VICUNA_CHAT_TEMPLATE
+from victor.data.templates import (
+    CHATML_CHAT_TEMPLATE,
+    IMAGE_TOKEN,
+    VICUNA_CHAT_TEMPLATE,
+)
 from victor.model.normalized import (
     VictorLlavaConfig,
     VictorLlavaForConditionalGeneration,
@@ -31,7 +36,10 @@ from victor.model.normalized import (
 
 log = logging.getLogger(__name__)
 
-CHAT_TEMPLATES = {"vicuna": VICUNA_CHAT_TEMPLATE}
+CHAT_TEMPLATES = {"vicuna": VICUNA_CHAT_TEMPLATE, "chatml": CHATML_CHAT_TEMPLATE}
+# What an encoder's image processor is rebuilt from when it must pad (LlavaImageProcessor's options).
+IMAGE_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+                  "do_normalize", "image_mean", "image_std", "do_convert_rgb")
 
 
 class AssemblyError(ValueError):
@@ -72,6 +80,25 @@ def processed_image_size(image_processor) -> tuple[int, int]:
     return size.get("height") or size.get("shortest_edge"), size.get("width") or size.get("shortest_edge")
 
 
+def with_aspect_ratio(image_processor, aspect: str | None):
+    """The image processor for `aspect` ('pad', 'native' or None: unchanged).
+
+    'pad' is transformers' `LlavaImageProcessor(do_pad=True)` with the encoder's own resize, crop
+    and normalisation settings: each image is padded to a square with the mean colour, then
+    resized, so the output size (and the visual token count) stays the encoder's. 'native'
+    turns padding off again. Saved with the processor, so inference preprocesses the same way.
+    """
+    if aspect not in (None, "pad", "native"):
+        raise ValueError(f"image_aspect_ratio={aspect!r}; choose pad or native")
+    is_llava = type(image_processor).__name__.startswith("LlavaImageProcessor")  # torchvision or PIL backend
+    if aspect is None or (aspect == "pad") == (is_llava and bool(image_processor.do_pad)):
+        return image_processor
+    settings = {k: v for k, v in image_processor.to_dict().items() if k in IMAGE_SETTINGS and v is not None}
+    settings.setdefault("do_center_crop", False)  # SigLIP-style processors resize straight to a square
+    settings.setdefault("crop_size", settings["size"])  # unused without centre-crop; not LLaVA's 224 default
+    return LlavaImageProcessor(**settings, do_pad=aspect == "pad")
+
+
 @torch.no_grad()
 def count_visual_tokens(vision_tower, image_processor, feature_layer: int, strategy: str) -> tuple[int, int]:
     """(visual tokens per image, extra non-patch tokens) measured with one blank image."""
@@ -104,15 +131,17 @@ def build_model(
     chat_template: str | None = None,
     dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
+    image_aspect_ratio: str | None = None,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Assemble a LLaVA model from a vision encoder and a causal LM, both with their weights.
 
     `vision`, `llm` and `tokenizer` are hub ids or local directories. The projector is a fresh
     2-layer GELU MLP. With `normalize_projector`, projector outputs are L2-normalised per token
     (the authors' option) and the model gets its own model type (see `normalized.py`).
+    `image_aspect_ratio='pad'` makes the processor pad images to a square (`with_aspect_ratio`).
     """
     vision_tower = load_vision_tower(vision, dtype=dtype)
-    image_processor = AutoImageProcessor.from_pretrained(vision)
+    image_processor = with_aspect_ratio(AutoImageProcessor.from_pretrained(vision), image_aspect_ratio)
     lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(tokenizer or llm), chat_template)
 

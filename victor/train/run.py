@@ -11,7 +11,12 @@ from transformers import TrainerState, set_seed
 from victor.config import ConfigError, Recipe, parse_recipe
 from victor.data.collate import LlavaCollator
 from victor.data.llava import LlavaDataset
-from victor.model.assemble import build_model, load_model, prepare_tokenizer
+from victor.model.assemble import (
+    build_model,
+    load_model,
+    prepare_tokenizer,
+    with_aspect_ratio,
+)
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import resolve_resume
 from victor.train.engine import (
@@ -34,6 +39,7 @@ def make_model(model_args, dtype=None):
         if model_args.chat_template:
             prepare_tokenizer(processor.tokenizer, model_args.chat_template)
             processor.chat_template = processor.tokenizer.chat_template
+        processor.image_processor = with_aspect_ratio(processor.image_processor, model_args.image_aspect_ratio)
         return model, processor
     if not (model_args.vision and model_args.llm):
         raise ConfigError("set either init_from (a previous stage's output) or both vision and llm")
@@ -47,6 +53,7 @@ def make_model(model_args, dtype=None):
         chat_template=model_args.chat_template,
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
+        image_aspect_ratio=model_args.image_aspect_ratio,
     )
 
 
@@ -89,6 +96,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "pool": comp_args.pool_lr,
             "head": comp_args.head_lr,
         },
+        group_by_modality_length=data_args.group_by_modality_length,
     )
     if training_args.fsdp and not trainer.is_fsdp_enabled:
         raise ConfigError(fsdp_refusal(training_args, trainer.accelerator.distributed_type))

@@ -17,6 +17,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from victor.data.sampler import ModalityLengthGroupedSampler
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import (
     STAGING,
@@ -31,10 +32,23 @@ from victor.train.stages import MODULES, modules_of
 
 
 class VictorTrainer(Trainer):
-    def __init__(self, *args, module_lrs: dict[str, float | None] | None = None, **kwargs):
+    def __init__(self, *args, module_lrs: dict[str, float | None] | None = None,
+                 group_by_modality_length: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.module_lrs = module_lrs or {}
+        self.group_by_modality_length = group_by_modality_length
         self._extra_logs: dict[str, list[float]] = defaultdict(list)
+
+    # -- data order -----------------------------------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        """LLaVA's modality- and length-grouped order when asked for (the Trainer's own samplers
+        cannot keep a global batch to one modality); otherwise the Trainer's choice."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_modality_length:
+            return super()._get_train_sampler(train_dataset)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return ModalityLengthGroupedSampler(dataset.modality_lengths, self.args.train_batch_size,
+                                            self.args.world_size * self.args.gradient_accumulation_steps, seed)
 
     # -- optimisation -------------------------------------------------------------------------
     def create_optimizer(self, model=None):

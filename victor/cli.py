@@ -35,10 +35,11 @@ def _train(argv):
     from victor.config import ConfigError
     from victor.data.llava import DataFormatError
     from victor.train.checkpoint import CheckpointError
+    from victor.train.guards import NonFiniteLossError
 
     try:
         print(train_from_recipe(recipe, overrides))
-    except (ConfigError, CheckpointError, DataFormatError) as err:
+    except (ConfigError, CheckpointError, DataFormatError, NonFiniteLossError) as err:
         raise SystemExit(f"victor train: {err}") from None
 
 

@@ -92,6 +92,8 @@ class StageArguments:
     projector_lr: float | None = _opt(None, "projector learning rate (unset: learning_rate)")
     llm_lr: float | None = _opt(None, "LLM learning rate (unset: learning_rate)")
     vision_lr: float | None = _opt(None, "vision tower learning rate (unset: learning_rate)")
+    max_nonfinite_steps: int = _opt(3, "optimizer steps with NaN/inf gradients are skipped; this many in a row "
+                                       "stop the run, naming the checkpoint to resume from")
 
 
 @dataclass

@@ -97,6 +97,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "head": comp_args.head_lr,
         },
         group_by_modality_length=data_args.group_by_modality_length,
+        max_nonfinite_steps=stage_args.max_nonfinite_steps,
     )
     if training_args.fsdp and not trainer.is_fsdp_enabled:
         raise ConfigError(fsdp_refusal(training_args, trainer.accelerator.distributed_type))
@@ -121,6 +122,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "world_size": training_args.world_size,
             "resumed_from": resume,
             "steps_run": result.global_step - start_step,
+            "nonfinite_steps_skipped": trainer.nonfinite.skipped,
             "replicas_differ": mismatched,
             "log_history": trainer.state.log_history,
             "model": model_args,

@@ -28,13 +28,15 @@ from victor.train.checkpoint import (
     save_extra_state,
     split_state_dict,
 )
+from victor.train.guards import NonFiniteGuard
 from victor.train.stages import MODULES, modules_of
 
 
 class VictorTrainer(Trainer):
     def __init__(self, *args, module_lrs: dict[str, float | None] | None = None,
-                 group_by_modality_length: bool = False, **kwargs):
+                 group_by_modality_length: bool = False, max_nonfinite_steps: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir)
         self.module_lrs = module_lrs or {}
         self.group_by_modality_length = group_by_modality_length
         self._extra_logs: dict[str, list[float]] = defaultdict(list)
@@ -70,6 +72,7 @@ class VictorTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        self.optimizer.register_step_pre_hook(self.nonfinite)
         return self.optimizer
 
     # -- loss -----------------------------------------------------------------------------------
@@ -99,6 +102,8 @@ class VictorTrainer(Trainer):
         collator = self.data_collator
         if "loss" in logs and getattr(collator, "skipped", None) is not None:
             logs["data/skipped"] = float(sum(collator.skipped.values()))
+        if "loss" in logs:
+            logs["train/nonfinite_steps_skipped"] = float(self.nonfinite.skipped)
         super().log(logs, *args, **kwargs)
 
     # -- checkpoints --------------------------------------------------------------------------

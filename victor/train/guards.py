@@ -1,0 +1,52 @@
+"""Guards that keep a long run from training on garbage: non-finite gradients skip the step."""
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.distributed as dist
+
+from victor.train.checkpoint import last_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class NonFiniteGuard:
+    """An optimizer step pre-hook: when any gradient is NaN/inf (on any rank), every gradient is
+    dropped (`grad = None`, so the optimizer leaves parameters and moments untouched) and the
+    step is counted as skipped; after `max_consecutive` skipped steps in a row the run stops,
+    naming the newest complete checkpoint to resume from.
+
+    One fused norm over the gradients per step; under DDP/DeepSpeed one all-reduce, so every
+    rank skips the same steps."""
+
+    def __init__(self, max_consecutive: int, output_dir: str):
+        self.max_consecutive, self.output_dir = max_consecutive, output_dir
+        self.skipped = self.consecutive = 0
+
+    def __call__(self, optimizer, args, kwargs) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        device = grads[0].device if grads else torch.device("cpu")
+        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads)) if grads else torch.tensor(True)
+        flag = finite.to(device=device, dtype=torch.float32).reshape(1)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if bool(flag.item()):
+            self.consecutive = 0
+            return
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.skipped += 1
+        self.consecutive += 1
+        log.warning("non-finite gradients: step skipped (%d in a row, %d in all)", self.consecutive, self.skipped)
+        if self.consecutive > self.max_consecutive:
+            resume = last_checkpoint(self.output_dir)
+            raise NonFiniteLossError(
+                f"{self.consecutive} consecutive steps had non-finite gradients (loss NaN/inf); stopped. "
+                f"Resume from {resume or 'the start (no complete checkpoint yet)'} with a lower learning rate "
+                f"or check the data; max_nonfinite_steps={self.max_consecutive}")

@@ -147,44 +147,46 @@ class LlavaCollator:
         return None if isinstance(result, Skipped) else result
 
     def try_encode(self, sample: Sample) -> dict | Skipped:
-        """Like `encode`, returning the Skipped instead of None. Never raises."""
+        """Like `encode`, returning the Skipped instead of None. Never raises. A kept sample cut
+        by `max_length` has its `truncated_text` event in `result["truncation"]`."""
         try:
             result = self._encode(sample)
         except (TemplateError, JinjaTemplateError) as err:
-            result = self._skip(sample, "template_error", "conversations", f"{type(err).__name__}: {err}")
+            result = self.make_skip(sample, "template_error", "conversations", f"{type(err).__name__}: {err}")
         except Exception as err:
-            result = self._skip(sample, "unexpected_error", "conversations", f"{type(err).__name__}: {err}")
+            result = self.make_skip(sample, "unexpected_error", "conversations", f"{type(err).__name__}: {err}")
         if isinstance(result, Skipped):
             self.skips(result)
-        elif result["truncated"]:
-            self.skips(self._skip(sample, "truncated_text", "conversations",
-                                  f"{result['truncated']} tokens, cut to max_length={self.max_length}"))
+        elif result["truncation"] is not None:
+            self.skips(result["truncation"])
         return result
 
-    def _skip(self, sample: Sample, reason: str, field: str, detail: str) -> Skipped:
+    def make_skip(self, sample: Sample, reason: str, field: str, detail: str) -> Skipped:
+        """A Skipped naming the sample's file position and id (not yet counted or logged)."""
         return Skipped(reason, sample.where or "sample", sample.id, field, detail, sample.index)
 
     def _encode(self, sample: Sample) -> dict | Skipped:
         rendered = expand_images(self.render(self.tokenizer, sample.messages), self.n_visual)
         ids, labels = tokenize_with_labels(self.tokenizer, rendered)
         if all(lab == IGNORE for lab in labels):
-            return self._skip(sample, "no_supervised_tokens", "conversations",
-                              "no token of the rendered conversation falls in an answer")
-        truncated = 0
+            return self.make_skip(sample, "no_supervised_tokens", "conversations",
+                                  "no token of the rendered conversation falls in an answer")
+        truncation = None
         if len(ids) > self.max_length:
             last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
             if last_image >= self.max_length:
-                return self._skip(sample, "image_beyond_max_length", "conversations",
-                                  f"an image ends at token {last_image + 1} of {len(ids)}, beyond "
-                                  f"max_length={self.max_length}")
-            truncated = len(ids)
+                return self.make_skip(sample, "image_beyond_max_length", "conversations",
+                                      f"an image ends at token {last_image + 1} of {len(ids)}, beyond "
+                                      f"max_length={self.max_length}")
+            truncation = self.make_skip(sample, "truncated_text", "conversations",
+                                        f"{len(ids)} tokens, cut to max_length={self.max_length}")
+            if all(lab == IGNORE for lab in labels[: self.max_length]):
+                return self.make_skip(sample, "answer_beyond_max_length", "conversations",
+                                      f"{len(ids)} tokens; every answer token is beyond max_length={self.max_length}")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
-            if all(lab == IGNORE for lab in labels):
-                return self._skip(sample, "answer_beyond_max_length", "conversations",
-                                  f"{truncated} tokens; every answer token is beyond max_length={self.max_length}")
         keys = [sample.index * MAX_IMAGES_PER_SAMPLE + k for k in range(len(sample.images))]
         return {"input_ids": ids, "labels": labels, "images": sample.images, "keys": keys,
-                "truncated": truncated, "sample": sample}
+                "truncation": truncation, "sample": sample}
 
     def __call__(self, samples: list) -> dict[str, torch.Tensor]:
         reasons: Counter = Counter()
@@ -198,36 +200,37 @@ class LlavaCollator:
             if isinstance(result, Skipped):
                 reasons[result.reason] += 1
                 continue
-            reasons["truncated_text"] += bool(result["truncated"])
+            reasons["truncated_text"] += result["truncation"] is not None
             encoded.append(result)
-        pixel_values, encoded = self.pixel_values(encoded, reasons)
+        pixel_values, encoded, dropped = self.pixel_values(encoded)
+        reasons.update(skip.reason for skip in dropped)
         batch = self.pad(encoded, pixel_values) if encoded else empty_batch()
         if self.batch_stats:
             batch[DATA_STATS_KEY] = {"samples": len(samples), "reasons": {k: v for k, v in reasons.items() if v}}
         return batch
 
-    def pixel_values(self, encoded: list[dict], reasons: Counter) -> tuple[torch.Tensor | None, list[dict]]:
-        """All images of the batch through the image processor; if that fails, sample by sample,
-        dropping (and counting) the samples whose images it cannot process."""
+    def pixel_values(self, encoded: list[dict]) -> tuple[torch.Tensor | None, list[dict], list[Skipped]]:
+        """All images of the batch through the image processor; if that fails, sample by sample:
+        -> (pixel values, the samples kept, the skips of those whose images it cannot process)."""
         images = [img for e in encoded for img in e["images"]]
         if not images:
-            return None, encoded
+            return None, encoded, []
         try:
-            return self.processor.image_processor(images, return_tensors="pt")["pixel_values"], encoded
+            return self.processor.image_processor(images, return_tensors="pt")["pixel_values"], encoded, []
         except Exception:
             pass
-        kept, pixels = [], []
+        kept, pixels, dropped = [], [], []
         for e in encoded:
             if e["images"]:
                 try:
                     pixels.append(self.processor.image_processor(e["images"], return_tensors="pt")["pixel_values"])
                 except Exception as err:
-                    skip = self._skip(e["sample"], "image_processor_error", "image", f"{type(err).__name__}: {err}")
-                    self.skips(skip)
-                    reasons["image_processor_error"] += 1
+                    dropped.append(self.make_skip(e["sample"], "image_processor_error", "image",
+                                                  f"{type(err).__name__}: {err}"))
+                    self.skips(dropped[-1])
                     continue
             kept.append(e)
-        return (torch.cat(pixels) if pixels else None), kept
+        return (torch.cat(pixels) if pixels else None), kept, dropped
 
     def pad(self, encoded: list[dict], pixel_values: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         batch = pad_batch(encoded, self.tokenizer.pad_token_id, self.padding_side)

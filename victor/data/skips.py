@@ -67,16 +67,16 @@ def kind(value) -> str:
 
 class SkipLog:
     """Counts events by reason (`counts`, a Counter) and logs each one, rate-limited per reason:
-    the first `first` in full, then every `every`-th with the running count."""
+    the first `first` in full, then every `every`-th with the running count (no logger: count only)."""
 
-    def __init__(self, logger: logging.Logger, first: int = 5, every: int = 1000):
+    def __init__(self, logger: logging.Logger | None, first: int = 5, every: int = 1000):
         self.logger, self.first, self.every = logger, first, every
         self.counts: Counter = Counter()
 
     def __call__(self, skip: Skipped) -> None:
         self.counts[skip.reason] += 1
         n = self.counts[skip.reason]
-        if n > self.first and n % self.every:
+        if self.logger is None or (n > self.first and n % self.every):
             return
         verb = "keeping" if skip.reason in KEPT else "skipping"
         note = ""

@@ -213,3 +213,41 @@ def test_default_init_is_image_dependent_and_paper_init_degenerates(model):
     assert default.unique().numel() > 12
     sets = [set(r.tolist()) for r in results["tokens", "hungarian"]]
     assert max(len(a & b) for i, a in enumerate(sets) for b in sets[i + 1:]) < 12
+
+
+def per_sample_lm_loss(logits, labels):
+    """Mean next-token cross-entropy of each row over its own supervised tokens."""
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+    return ce.sum(1) / (labels[:, 1:] != -100).sum(1)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("mode", ["causal", "bidirectional-visual", "prefix"])
+def test_a_samples_loss_does_not_depend_on_its_batch_mates(model, mode, padding_side):
+    """Issue 11: under `prefix`, a text-only sample ran plain causal in a text-only batch and with a
+    bidirectional prefix beside an image sample. Every sample's loss, alone or in any batch, is the same."""
+    llava, processor = model
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=16, pool_init="unit", attention=mode)).eval()
+    chat = [("describe the image .", "a red circle at the top left ."), ("what shape ?", "a square"),
+            ("name a shape .", "circle"), ("what colour is the star ?", "the star is yellow .")]
+    samples = {}
+    for i, (question, answer) in enumerate(chat):
+        with_image = i < 2
+        messages = [{"role": "user", "content": ("<image>\n" if with_image else "") + question},
+                    {"role": "assistant", "content": answer}]
+        samples[f"{'img' if with_image else 'txt'}{i}"] = Sample(str(i), messages, [image(i)] if with_image else [],
+                                                                  index=i)
+    collate = LlavaCollator(processor, llava.config.image_seq_length, "chat", padding_side=padding_side,
+                            image_keys=True)
+
+    def losses(names):
+        batch = collate([samples[n] for n in names])
+        with torch.no_grad():
+            out = vc(**batch)
+        return dict(zip(names, per_sample_lm_loss(out["logits"], batch["labels"]).tolist()))
+
+    alone = {name: losses([name])[name] for name in samples}
+    batches = [["img0", "txt2", "img1", "txt3"], ["txt3", "txt2"], ["txt2", "img1"], ["img1", "img0", "txt3"]]
+    for names in batches:
+        for name, value in losses(names).items():
+            assert value == pytest.approx(alone[name], abs=1e-5), (mode, names, name)

@@ -68,6 +68,26 @@ def _eval(args):
     print(format_summary_table(summary))
 
 
+def _data(args):
+    """`victor data check`: exit 1 above --max-skip-fraction, 2 if a file or directory is unusable."""
+    from victor.data import check
+    from victor.data.llava import DataFormatError
+
+    options = check.CheckOptions([p for item in args.data for p in item.split(",") if p], args.image_root,
+                           args.processor, args.template, args.max_length)
+    try:
+        report = check.check_dataset(options, workers=args.workers, max_skip_fraction=args.max_skip_fraction)
+    except (DataFormatError, FileNotFoundError, ValueError) as err:
+        print(f"victor data check: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(check.format_report(report))
+    if args.report:
+        check.write_report(report, args.report)
+        print(f"report written to {args.report}")
+    if not report["passed"]:
+        raise SystemExit(1)
+
+
 def _compare(args):
     from victor.eval.run import compare_runs
 
@@ -132,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int)
     s.add_argument("--max-new-tokens", type=int, default=16)
 
+    s = sub.add_parser("data", help="dataset tools: `victor data check DATA --image-root DIR`")
+    data = s.add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("check", help="validate every record with training's own code path, in parallel")
+    s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated")
+    s.add_argument("--image-root", help="folder the records' image paths are relative to")
+    s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    s.add_argument("--report", help="write the JSON report here")
+    s.add_argument("--max-skip-fraction", type=float, default=0.1, help="exit 1 above this share of skipped records")
+    s.add_argument("--processor", help="a saved processor (e.g. the previous stage's output): also check "
+                                       "templates, max_length and image processing")
+    s.add_argument("--template", choices=["chat", "plain"], default="chat", help="with --processor")
+    s.add_argument("--max-length", type=int, default=2048, help="with --processor")
+
     s = sub.add_parser("compare", help="benchmark summaries side by side")
     s.add_argument("runs", nargs="+")
 
@@ -150,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in PASS_THROUGH:
         return PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
-    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare}[args.command](args)
+    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare, "data": _data}[args.command](args)
 
 
 if __name__ == "__main__":

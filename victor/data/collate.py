@@ -5,6 +5,15 @@ own template, find each answer's character span by rendering the prefix before i
 generation prompt) and the prefix including it, then label the tokens whose offsets fall in
 those spans. `<image>` is expanded to exactly the visual token count before tokenising, the
 same text `LlavaProcessor` produces, so positions are known from `input_ids` alone.
+
+Nothing about one sample can fail a batch: a sample that cannot be encoded (the template
+refuses it, `max_length` would cut into an image or off every answer, the image processor
+fails on its image) is dropped, logged and counted by reason like the dataset's skips; a
+sample cut by `max_length` after its last image is kept, logged and counted as
+`truncated_text`. A batch left with no sample is an EMPTY BATCH (`is_empty_batch`): the
+usual keys with zero rows, which the training step skips. With `batch_stats=True` every
+batch also carries `batch[DATA_STATS_KEY] = {"samples": n, "reasons": {reason: count}}`, the
+counts of this batch, for `monitor.SkipMonitor`, which removes the key before the model sees it.
 """
 from __future__ import annotations
 
@@ -13,12 +22,15 @@ from collections import Counter
 
 import numpy as np
 import torch
+from jinja2 import TemplateError as JinjaTemplateError
 
 from victor.data.llava import Sample
+from victor.data.skips import SkipLog, Skipped
 from victor.data.templates import IMAGE_TOKEN, Rendered
 
 IGNORE = -100
 MAX_IMAGES_PER_SAMPLE = 1024
+DATA_STATS_KEY = "data_stats"
 log = logging.getLogger(__name__)
 
 
@@ -92,11 +104,31 @@ def pad_batch(encoded: list[dict], pad_id: int, padding_side: str = "right") -> 
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def empty_batch() -> dict[str, torch.Tensor]:
+    """The batch of a step with no usable sample: `input_ids`, `attention_mask`, `labels` of shape [0, 0]."""
+    return {key: torch.zeros((0, 0), dtype=torch.long) for key in ("input_ids", "attention_mask", "labels")}
+
+
+def is_empty_batch(batch: dict) -> bool:
+    """True for a batch with no sample to train on (the collator's `empty_batch()`): skip the step."""
+    return batch["input_ids"].shape[0] == 0
+
+
+def pop_batch_stats(batch: dict) -> dict | None:
+    """Remove and return `{"samples": n, "reasons": {reason: count}}` (None without `batch_stats`)."""
+    return batch.pop(DATA_STATS_KEY, None)
+
+
 class LlavaCollator:
-    """Callable for a DataLoader/Trainer. Broken samples are dropped and counted in `skipped`."""
+    """Callable for a DataLoader/Trainer: samples (or the dataset's `Skipped`) -> a padded batch.
+
+    `skipped` counts, in this process, what `encode` dropped or truncated by reason, plus
+    `unreadable`: samples that arrived already skipped by the dataset (counted by their own
+    reason in the dataset's `skipped` and in the batch statistics).
+    """
 
     def __init__(self, processor, image_seq_length: int, template: str = "chat", max_length: int = 2048,
-                 padding_side: str = "right", image_keys: bool = False):
+                 padding_side: str = "right", image_keys: bool = False, batch_stats: bool = False):
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r}; choose one of {sorted(TEMPLATES)}")
         self.processor, self.tokenizer = processor, processor.tokenizer
@@ -105,35 +137,105 @@ class LlavaCollator:
         self.n_visual = image_seq_length  # the model config's count, what LlavaProcessor expands to
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.image_keys = image_keys  # stage 1.5: name each image (sample index, ordinal) for its mask
-        self.skipped: Counter = Counter()
+        self.batch_stats = batch_stats
+        self.skips = SkipLog(log)
+        self.skipped = self.skips.counts
 
     def encode(self, sample: Sample) -> dict | None:
+        """Token ids and labels of one sample, or None if it is skipped (logged and counted)."""
+        result = self.try_encode(sample)
+        return None if isinstance(result, Skipped) else result
+
+    def try_encode(self, sample: Sample) -> dict | Skipped:
+        """Like `encode`, returning the Skipped instead of None. Never raises. A kept sample cut
+        by `max_length` has its `truncated_text` event in `result["truncation"]`."""
+        try:
+            result = self._encode(sample)
+        except (TemplateError, JinjaTemplateError) as err:
+            result = self.make_skip(sample, "template_error", "conversations", f"{type(err).__name__}: {err}")
+        except Exception as err:
+            result = self.make_skip(sample, "unexpected_error", "conversations", f"{type(err).__name__}: {err}")
+        if isinstance(result, Skipped):
+            self.skips(result)
+        elif result["truncation"] is not None:
+            self.skips(result["truncation"])
+        return result
+
+    def make_skip(self, sample: Sample, reason: str, field: str, detail: str) -> Skipped:
+        """A Skipped naming the sample's file position and id (not yet counted or logged)."""
+        return Skipped(reason, sample.where or "sample", sample.id, field, detail, sample.index)
+
+    def _encode(self, sample: Sample) -> dict | Skipped:
         rendered = expand_images(self.render(self.tokenizer, sample.messages), self.n_visual)
         ids, labels = tokenize_with_labels(self.tokenizer, rendered)
+        if all(lab == IGNORE for lab in labels):
+            return self.make_skip(sample, "no_supervised_tokens", "conversations",
+                                  "no token of the rendered conversation falls in an answer")
+        truncation = None
         if len(ids) > self.max_length:
             last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
             if last_image >= self.max_length:
-                self.skipped["image_beyond_max_length"] += 1
-                return None
+                return self.make_skip(sample, "image_beyond_max_length", "conversations",
+                                      f"an image ends at token {last_image + 1} of {len(ids)}, beyond "
+                                      f"max_length={self.max_length}")
+            truncation = self.make_skip(sample, "truncated_text", "conversations",
+                                        f"{len(ids)} tokens, cut to max_length={self.max_length}")
+            if all(lab == IGNORE for lab in labels[: self.max_length]):
+                return self.make_skip(sample, "answer_beyond_max_length", "conversations",
+                                      f"{len(ids)} tokens; every answer token is beyond max_length={self.max_length}")
             ids, labels = ids[: self.max_length], labels[: self.max_length]
-        if all(lab == IGNORE for lab in labels):
-            self.skipped["no_supervised_tokens"] += 1
-            return None
         keys = [sample.index * MAX_IMAGES_PER_SAMPLE + k for k in range(len(sample.images))]
-        return {"input_ids": ids, "labels": labels, "images": sample.images, "keys": keys}
+        return {"input_ids": ids, "labels": labels, "images": sample.images, "keys": keys,
+                "truncation": truncation, "sample": sample}
 
-    def __call__(self, samples: list[Sample | None]) -> dict[str, torch.Tensor]:
-        self.skipped["unreadable"] += sum(s is None for s in samples)
-        encoded = [e for e in (self.encode(s) for s in samples if s is not None) if e is not None]
-        if not encoded:
-            raise RuntimeError("every sample of this batch was unusable; see the warnings above")
-        return self.pad(encoded)
+    def __call__(self, samples: list) -> dict[str, torch.Tensor]:
+        reasons: Counter = Counter()
+        encoded = []
+        for sample in samples:
+            if not isinstance(sample, Sample):  # the dataset's Skipped (already logged), or None
+                self.skipped["unreadable"] += 1
+                reasons[sample.reason if isinstance(sample, Skipped) else "unreadable"] += 1
+                continue
+            result = self.try_encode(sample)
+            if isinstance(result, Skipped):
+                reasons[result.reason] += 1
+                continue
+            reasons["truncated_text"] += result["truncation"] is not None
+            encoded.append(result)
+        pixel_values, encoded, dropped = self.pixel_values(encoded)
+        reasons.update(skip.reason for skip in dropped)
+        batch = self.pad(encoded, pixel_values) if encoded else empty_batch()
+        if self.batch_stats:
+            batch[DATA_STATS_KEY] = {"samples": len(samples), "reasons": {k: v for k, v in reasons.items() if v}}
+        return batch
 
-    def pad(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
-        batch = pad_batch(encoded, self.tokenizer.pad_token_id, self.padding_side)
+    def pixel_values(self, encoded: list[dict]) -> tuple[torch.Tensor | None, list[dict], list[Skipped]]:
+        """All images of the batch through the image processor; if that fails, sample by sample:
+        -> (pixel values, the samples kept, the skips of those whose images it cannot process)."""
         images = [img for e in encoded for img in e["images"]]
-        if images:
-            batch["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        if not images:
+            return None, encoded, []
+        try:
+            return self.processor.image_processor(images, return_tensors="pt")["pixel_values"], encoded, []
+        except Exception:
+            pass
+        kept, pixels, dropped = [], [], []
+        for e in encoded:
+            if e["images"]:
+                try:
+                    pixels.append(self.processor.image_processor(e["images"], return_tensors="pt")["pixel_values"])
+                except Exception as err:
+                    dropped.append(self.make_skip(e["sample"], "image_processor_error", "image",
+                                                  f"{type(err).__name__}: {err}"))
+                    self.skips(dropped[-1])
+                    continue
+            kept.append(e)
+        return (torch.cat(pixels) if pixels else None), kept, dropped
+
+    def pad(self, encoded: list[dict], pixel_values: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        batch = pad_batch(encoded, self.tokenizer.pad_token_id, self.padding_side)
+        if pixel_values is not None:
+            batch["pixel_values"] = pixel_values
             if self.image_keys:
                 batch["image_keys"] = torch.tensor([k for e in encoded for k in e["keys"]], dtype=torch.long)
         return batch

@@ -1,23 +1,32 @@
 """LLaVA conversation JSON (or JSONL) + an image folder -> samples.
 
 A record is `{"id", "image": "rel/path.png" | [paths] (optional), "conversations":
-[{"from": "human"|"gpt"|"system", "value": str}, ...]}`. `<image>` may stand anywhere in the
-first human turn; text-only records have no `image`. A file that is not this format is a
-clear error naming the file; a single broken record or unreadable image is skipped and
-counted (training must not die on sample 1,234,567).
+[{"from": "human"|"gpt"|"system", "value": str}, ...]}`. `<image>` markers stand in human
+turns, one per image; an image record without any marker gets its images before the first
+human turn (the LLaVA convention); text-only records have no `image`. Turns alternate human,
+gpt, human, gpt, ... after any system turns, and end with a non-empty gpt answer.
+
+A file that is not this format (not JSON, not UTF-8, no `conversations` anywhere) is a
+`DataFormatError` naming the file, raised when the dataset is built. Everything wrong with
+one record (a wrong field type, a JSONL line that does not parse, a missing or broken image,
+...) is a skip: `LlavaDataset[i]` returns a `skips.Skipped` naming the file, the position,
+the record id, the field and a reason, logs it (rate-limited) and counts it in `skipped`. It
+never raises, so no record can end an epoch or a run (the DataLoader takes a StopIteration
+from `__getitem__` for the end of the data).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 from torch.utils.data import Dataset
 
+from victor.data.images import MAX_IMAGE_PIXELS, WHITE, ImageError, load_image
+from victor.data.skips import SkipLog, Skipped, kind
 from victor.data.templates import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
@@ -25,7 +34,26 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 
 
 class DataFormatError(ValueError):
-    pass
+    """A data file that is not LLaVA conversation JSON/JSONL."""
+
+
+class RecordError(DataFormatError):
+    """One record that cannot be trained on; `reason` is one of skips.REASONS."""
+
+    def __init__(self, reason: str, where: str, record_id: str | None, field: str, detail: str):
+        self.skip = Skipped(reason, where, record_id, field, detail)
+        super().__init__(str(self.skip))
+
+    @property
+    def reason(self) -> str:
+        return self.skip.reason
+
+
+@dataclass
+class BrokenLine:
+    """A JSONL line that could not be decoded: kept in place so that reading it is a skip."""
+
+    detail: str
 
 
 @dataclass
@@ -34,68 +62,181 @@ class Sample:
     messages: list[dict]  # [{"role": "user"|"assistant"|"system", "content": str with <image>}]
     images: list[Image.Image] = field(default_factory=list)
     index: int = -1  # position in its dataset: keys the sample's stage-1.5 masks
+    where: str = ""  # "file[index]" or "file:line", for messages
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
-    """A JSON list or JSONL file of records; a clear error if it is neither."""
+def read_entries(path: str | os.PathLike) -> list[tuple[str, object]]:
+    """[(where, record)] from a JSON list or a JSONL file; `where` is `file[i]` or `file:line`.
+
+    A file that does not parse as one JSON document and does not start with `[` is read as
+    JSONL, line by line: a line that is not UTF-8 or not JSON becomes a `BrokenLine` (a skip
+    when read). A broken JSON list, a file that is no JSON at all, or a JSON list that is not
+    UTF-8 is a DataFormatError naming the file and the line."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: no such data file")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
     try:
-        records = json.loads(text)
-        records = [records] if isinstance(records, dict) else records  # a one-line JSONL file
-    except json.JSONDecodeError:
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataFormatError(f"{path}:{n}: neither a JSON list nor JSONL ({err.msg})") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise DataFormatError(f"{path}: expected a list of LLaVA records (objects with 'conversations')")
-    if records and not any("conversations" in r for r in records[:100]):
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        entries = read_jsonl(path, raw, err)
+    else:
+        if isinstance(document, dict):  # a one-line JSONL file
+            document = [document]
+        if not isinstance(document, list):
+            raise DataFormatError(f"{path}: expected a list of LLaVA records (objects with 'conversations'), "
+                                  f"got a JSON {type(document).__name__}")
+        entries = [(f"{path}[{i}]", r) for i, r in enumerate(document)]
+    if entries and not any(isinstance(r, dict) and "conversations" in r for _, r in entries[:100]):
         raise DataFormatError(f"{path}: no record has a 'conversations' field; is this a LLaVA conversation file?")
-    return records
+    return entries
 
 
-def parse_record(record: dict, where: str) -> tuple[str, list[dict], list[str]]:
-    """-> (id, messages, image paths). Raises DataFormatError naming `where` and the field."""
-    turns = record.get("conversations")
+def read_jsonl(path: Path, raw: bytes, document_error: Exception) -> list[tuple[str, object]]:
+    """JSONL lines; the document's own error if it is a JSON list or no line parses."""
+    first = next((n for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()), 1)
+    if isinstance(document_error, UnicodeDecodeError) and raw.lstrip().startswith(b"["):
+        line = raw[: document_error.start].count(b"\n") + 1
+        raise DataFormatError(f"{path}:{line}: not valid UTF-8 (byte {document_error.start} of the file: "
+                              f"{document_error.reason}); save the file as UTF-8")
+    if isinstance(document_error, json.JSONDecodeError) and raw.lstrip().startswith(b"["):
+        raise DataFormatError(f"{path}:{first}: neither a JSON list nor JSONL (the JSON list breaks at line "
+                              f"{document_error.lineno}, column {document_error.colno}: {document_error.msg})")
+    entries: list[tuple[str, object]] = []
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        if line.strip():
+            entries.append((f"{path}:{n}", parse_line(line)))
+    if not any(not isinstance(r, BrokenLine) for _, r in entries):
+        detail = entries[0][1].detail if entries else "empty file"
+        raise DataFormatError(f"{path}:{first}: neither a JSON list nor JSONL ({detail})")
+    return entries
+
+
+def parse_line(line: bytes):
+    """One JSONL line -> its value, or a BrokenLine saying why not."""
+    try:
+        return json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        return BrokenLine(f"not valid UTF-8 (byte {err.start} of the line: {err.reason})")
+    except json.JSONDecodeError as err:
+        return BrokenLine(f"not valid JSON ({err.msg}, column {err.colno})")
+
+
+def read_records(path: str | os.PathLike) -> list:
+    """The records of a JSON list or JSONL file (see `read_entries`)."""
+    return [record for _, record in read_entries(path)]
+
+
+def record_id(record: dict) -> str | None:
+    """The record's `id` as a string, if it is a string or a number."""
+    rid = record.get("id")
+    return str(rid) if isinstance(rid, (str, int, float)) and not isinstance(rid, bool) else None
+
+
+def parse_record(record, where: str) -> tuple[str, list[dict], list[str]]:
+    """-> (id, messages, image paths). Raises RecordError naming `where`, the id and the field."""
+    if isinstance(record, BrokenLine):
+        raise RecordError("bad_json", where, None, "line", record.detail)
+    if not isinstance(record, dict):
+        raise RecordError("bad_record", where, None, "record", f"expected a JSON object, got {kind(record)}")
+    rid = record_id(record)
+
+    def fail(reason, field, detail):
+        return RecordError(reason, where, rid, field, detail)
+
+    if "id" in record and record["id"] is not None and rid is None:
+        raise fail("bad_record", "id", f"expected a string or a number, got {kind(record['id'])}")
+    messages = parse_turns(record.get("conversations", None), fail)
+    images = parse_images(record.get("image"), fail)
+    check_markers(messages, images, fail)
+    return rid if rid is not None else where, messages, images
+
+
+def parse_turns(turns, fail) -> list[dict]:
     if not isinstance(turns, list) or not turns:
-        raise DataFormatError(f"{where}: 'conversations' must be a non-empty list")
+        got = "missing" if turns is None else f"got {kind(turns)}"
+        raise fail("bad_record", "conversations", f"expected a non-empty list of turns, {got}")
     messages = []
     for i, turn in enumerate(turns):
-        role = ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
-        if role is None or not isinstance(turn.get("value"), str):
-            raise DataFormatError(f"{where}: conversations[{i}] needs 'from' (human/gpt/system) and a string 'value'")
-        messages.append({"role": role, "content": turn["value"]})
-    images = record.get("image") or []
-    images = [images] if isinstance(images, str) else list(images)
+        if not isinstance(turn, dict):
+            raise fail("bad_record", f"conversations[{i}]", f"expected an object with 'from' and 'value', got {kind(turn)}")
+        role, value = turn.get("from"), turn.get("value")
+        if not isinstance(role, str) or role not in ROLES:
+            raise fail("bad_record", f"conversations[{i}].from",
+                       f"expected 'human', 'gpt' or 'system' (or 'user', 'assistant'), got {kind(role)}")
+        if not isinstance(value, str):
+            raise fail("bad_record", f"conversations[{i}].value", f"expected a string, got {kind(value)}")
+        messages.append({"role": ROLES[role], "content": value})
+    check_order(messages, fail)
+    return messages
+
+
+def check_order(messages: list[dict], fail) -> None:
+    """System turns first, then human, gpt, human, gpt, ..., ending with a non-empty gpt answer."""
+    start = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    if not any(m["role"] == "assistant" for m in messages):
+        raise fail("no_answer", "conversations", "no 'gpt' turn to supervise")
+    for i, m in enumerate(messages[start:], start):
+        expected = "user" if (i - start) % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            name = {"user": "human", "assistant": "gpt", "system": "system"}
+            raise fail("turn_order", f"conversations[{i}].from",
+                       f"expected a {name[expected]} turn, got {name[m['role']]} (turns must alternate human, gpt, "
+                       "... after any system turns)")
+        if expected == "assistant" and not m["content"].strip():
+            raise fail("empty_answer", f"conversations[{i}].value", "the gpt answer is empty")
+    if messages[-1]["role"] != "assistant":
+        raise fail("turn_order", f"conversations[{len(messages) - 1}]", "the last human turn has no gpt answer")
+
+
+def parse_images(value, fail) -> list[str]:
+    if value is None:
+        return []
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, list):
+        raise fail("bad_record", "image", f"expected a path or a list of paths, got {kind(value)}")
+    for k, rel in enumerate(paths):
+        name = "image" if isinstance(value, str) else f"image[{k}]"
+        if not isinstance(rel, str) or not rel.strip():
+            raise fail("bad_record", name, f"expected a non-empty path string, got {kind(rel)}")
+    return list(paths)
+
+
+def check_markers(messages: list[dict], images: list[str], fail) -> None:
+    """One `<image>` per image, in human turns only; none at all puts them before the first human turn."""
+    for i, m in enumerate(messages):
+        if m["role"] != "user" and IMAGE_TOKEN in m["content"]:
+            who = "gpt" if m["role"] == "assistant" else "system"
+            raise fail("image_marker_misplaced", f"conversations[{i}].value", f"'{IMAGE_TOKEN}' in a {who} turn")
     n_tags = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
     if images and n_tags == 0:
-        # LLaVA convention: an image record without a tag gets the image before the first human turn
-        first = next(m for m in messages if m["role"] == "user")
+        first = next((m for m in messages if m["role"] == "user"), None)
+        if first is None:
+            raise fail("image_marker_mismatch", "conversations", "images but no human turn to put them in")
         first["content"] = IMAGE_TOKEN * len(images) + "\n" + first["content"]
         n_tags = len(images)
     if n_tags != len(images):
-        raise DataFormatError(f"{where}: {n_tags} '{IMAGE_TOKEN}' tags but {len(images)} images")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise DataFormatError(f"{where}: no 'gpt' turn to supervise")
-    return str(record.get("id", where)), messages, images
+        raise fail("image_marker_mismatch", "conversations",
+                   f"{n_tags} '{IMAGE_TOKEN}' tags but {len(images)} images")
 
 
 class LlavaDataset(Dataset):
-    """Records from one or more LLaVA files; `__getitem__` returns a Sample, or None if broken."""
+    """Records from one or more LLaVA files; `__getitem__` returns a Sample, or a Skipped.
 
-    def __init__(self, paths: str | list[str], image_root: str | os.PathLike | None = None):
+    `max_image_pixels` refuses larger images (decompression bombs); transparency is composited
+    onto `alpha_background` (see images.py). `skipped` counts skips by reason, in this process.
+    """
+
+    def __init__(self, paths: str | list[str], image_root: str | os.PathLike | None = None,
+                 max_image_pixels: int | None = MAX_IMAGE_PIXELS, alpha_background: tuple[int, int, int] = WHITE):
         paths = [p for p in (paths.split(",") if isinstance(paths, str) else paths) if p]
-        self.records: list[tuple[str, dict]] = []
+        self.records: list[tuple[str, object]] = []
         for path in paths:
-            self.records += [(f"{path}[{i}]", r) for i, r in enumerate(read_records(path))]
+            self.records += read_entries(path)
         self.image_root = Path(image_root) if image_root else None
-        self.skipped: Counter = Counter()
+        self.max_image_pixels, self.alpha_background = max_image_pixels, alpha_background
+        self.skips = SkipLog(log)
+        self.skipped = self.skips.counts
 
     def __len__(self) -> int:
         return len(self.records)
@@ -112,16 +253,30 @@ class LlavaDataset(Dataset):
 
     def load_image(self, rel: str) -> Image.Image:
         path = self.image_root / rel if self.image_root else Path(rel)
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return load_image(path, self.max_image_pixels, self.alpha_background)
 
-    def __getitem__(self, index: int) -> Sample | None:
-        where, record = self.records[index]
+    def __getitem__(self, index: int) -> Sample | Skipped:
+        where, record = self.records[index]  # an index out of range is an IndexError, as it must be
         try:
-            sid, messages, rels = parse_record(record, where)
-            images = [self.load_image(r) for r in rels]
-        except (DataFormatError, OSError) as err:
-            self.skipped[type(err).__name__] += 1
-            log.warning("skipping %s", err)
-            return None
-        return Sample(sid, messages, images, index)
+            result = self.read(where, record, index)
+        except Exception as err:  # a bug, not a data problem; still never the end of the epoch
+            rid = record_id(record) if isinstance(record, dict) else None
+            result = Skipped("unexpected_error", where, rid, "record", f"{type(err).__name__}: {err}", index)
+        if isinstance(result, Skipped):
+            self.skips(result)
+        return result
+
+    def read(self, where: str, record, index: int) -> Sample | Skipped:
+        try:
+            rid, messages, rels = parse_record(record, where)
+        except RecordError as err:
+            err.skip.index = index
+            return err.skip
+        images = []
+        for k, rel in enumerate(rels):
+            try:
+                images.append(self.load_image(rel))
+            except ImageError as err:
+                name = "image" if len(rels) == 1 else f"image[{k}]"
+                return Skipped(err.reason, where, record_id(record), name, str(err), index)
+        return Sample(rid, messages, images, index, where)

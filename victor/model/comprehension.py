@@ -180,12 +180,15 @@ class VisualComprehension(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_keys=None, mask_step: int = 0,
                 num_items_in_batch=None, **kwargs):
+        """Every batch, text-only or not, runs the LLM through `run_llm` under the stage's attention
+        mode, so a sample's logits and loss do not depend on its batch mates: in `prefix` mode a
+        text-only sample's prompt is bidirectional whether or not an image sample shares its batch."""
         llava, lcfg = self.llava, self.llava.config
+        embeds = llava.get_input_embeddings()(input_ids)
         if pixel_values is None:  # a text-only batch: nothing to mask or reconstruct
             self._count_usage(torch.zeros_like(self.usage))  # every rank joins the same collectives
-            out = llava(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
-                        num_items_in_batch=num_items_in_batch)
-            return {"loss": out.loss, "logits": out.logits, "lm_loss": out.loss, "recon_loss": out.loss.new_zeros(()),
+            logits, lm_loss = self.language_model_loss(embeds, input_ids, attention_mask, labels, num_items_in_batch)
+            return {"loss": lm_loss, "logits": logits, "lm_loss": lm_loss, "recon_loss": lm_loss.new_zeros(()),
                     "stats": {}}
         vision_out = llava.model.get_image_features(pixel_values=pixel_values, return_dict=True)
         tokens = torch.stack(list(vision_out.pooler_output))  # [images, n_visual, hidden]
@@ -196,13 +199,9 @@ class VisualComprehension(nn.Module):
         replaced, mask, rows, row_cost = self.mask_and_match(tokens, image_keys, mask_step)
 
         is_image = input_ids == lcfg.image_token_id
-        embeds = llava.get_input_embeddings()(input_ids)
         embeds = embeds.masked_scatter(is_image.unsqueeze(-1), replaced.reshape(-1, replaced.shape[-1]).to(embeds.dtype))
-        hidden = self.run_llm(embeds, input_ids, attention_mask, labels)
-        logits = llava.lm_head(hidden)
-        lm_loss = llava.loss_function(
-            logits=logits, labels=labels, vocab_size=lcfg.text_config.vocab_size, num_items_in_batch=num_items_in_batch
-        )
+        logits, lm_loss, hidden = self.language_model_loss(embeds, input_ids, attention_mask, labels,
+                                                           num_items_in_batch, return_hidden=True)
         visual_hidden = hidden[is_image].view(*tokens.shape[:2], -1)
         per_position = self.reconstruction_error(self.head(visual_hidden), target)
         weights = mask.float() if self.settings.recon_positions == "masked" else torch.ones_like(per_position)
@@ -215,6 +214,17 @@ class VisualComprehension(nn.Module):
             "recon_loss": recon_loss,
             "stats": self._stats(rows, row_cost, per_position.detach(), mask),
         }
+
+    def language_model_loss(self, embeds, input_ids, attention_mask, labels, num_items_in_batch=None,
+                            return_hidden: bool = False):
+        """-> (logits, LM cross-entropy[, final hidden states]) under this stage's attention mode."""
+        lcfg = self.llava.config
+        hidden = self.run_llm(embeds, input_ids, attention_mask, labels)
+        logits = self.llava.lm_head(hidden)
+        lm_loss = self.llava.loss_function(
+            logits=logits, labels=labels, vocab_size=lcfg.text_config.vocab_size, num_items_in_batch=num_items_in_batch
+        )
+        return (logits, lm_loss, hidden) if return_hidden else (logits, lm_loss)
 
     def run_llm(self, embeds, input_ids, attention_mask, labels):
         """Final hidden states of the LLM under this stage's attention mode."""

@@ -1,0 +1,138 @@
+"""Skips in the collator (empty batches, truncation, template and processor failures) and the
+SkipMonitor that guards a run against training on nothing."""
+import copy
+import json
+
+import pytest
+from PIL import Image
+
+from victor.data import llava as llava_module
+from victor.data.collate import (
+    DATA_STATS_KEY,
+    LlavaCollator,
+    is_empty_batch,
+    pop_batch_stats,
+)
+from victor.data.llava import LlavaDataset, Sample
+from victor.data.monitor import SkipMonitor, TooManySkipsError
+from victor.data.skips import Skipped
+
+LONG = " ".join(["red green blue yellow"] * 15)
+
+
+def sample(answer="red", question="<image>\nwhat colour ?", index=0, images=1):
+    return Sample(f"s{index}", [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                  [Image.new("RGB", (32, 32), (200, 0, 0))] * images, index, f"d.json[{index}]")
+
+
+def collator(tiny_llava, **kwargs):
+    llava, processor = tiny_llava
+    return LlavaCollator(processor, llava.config.image_seq_length, "chat", batch_stats=True, **kwargs)
+
+
+def test_a_batch_of_skips_is_an_empty_batch_with_its_counts(tiny_llava):
+    skips = [Skipped("missing_image", "d.json[0]", "a", "image", "x.png: no such file"), None]
+    batch = collator(tiny_llava)(skips)
+    assert is_empty_batch(batch) and batch["labels"].shape == (0, 0) and "pixel_values" not in batch
+    assert pop_batch_stats(batch) == {"samples": 2, "reasons": {"missing_image": 1, "unreadable": 1}}
+    assert DATA_STATS_KEY not in batch and pop_batch_stats(batch) is None
+    plain = LlavaCollator(tiny_llava[1], 16, "chat")([None])  # without batch_stats: no extra key
+    assert set(plain) == {"input_ids", "attention_mask", "labels"}
+
+
+def test_truncation_is_logged_and_counted(tiny_llava, caplog):
+    collate = collator(tiny_llava, max_length=72)
+    batch = collate([sample(LONG), sample("red", LONG + " <image>", 1), sample("red", "<image>\n" + LONG, 2),
+                     sample(index=3)])
+    assert batch["input_ids"].shape == (2, 72)
+    assert batch[DATA_STATS_KEY]["reasons"] == {"truncated_text": 1, "image_beyond_max_length": 1,
+                                                "answer_beyond_max_length": 1}
+    assert collate.skipped == {"truncated_text": 1, "image_beyond_max_length": 1, "answer_beyond_max_length": 1}
+    text = caplog.text
+    assert "keeping d.json[0] (id 's0') [truncated_text] conversations: 113 tokens, cut to max_length=72" in text
+    assert "skipping d.json[1] (id 's1') [image_beyond_max_length] conversations: an image ends at token 107 of 111, beyond max_length=72" in text
+    assert "skipping d.json[2] (id 's2') [answer_beyond_max_length] conversations: 111 tokens; every answer" in text
+
+
+def test_a_template_that_refuses_a_conversation_skips_it(tiny_llava):
+    llava, processor = tiny_llava
+    processor = copy.deepcopy(processor)
+    processor.tokenizer.chat_template = (
+        "{% for m in messages %}{% if 'forbidden' in m['content'] %}{{ raise_exception('no forbidden words') }}"
+        "{% endif %}{{ m['content'] }} {% endfor %}")
+    collate = LlavaCollator(processor, 16, "chat", batch_stats=True)
+    batch = collate([sample("forbidden"), sample(index=1)])
+    assert batch[DATA_STATS_KEY]["reasons"] == {"template_error": 1} and batch["input_ids"].shape[0] == 1
+    assert collate.skipped == {"template_error": 1}
+
+
+def test_an_image_the_processor_rejects_drops_only_its_sample(tiny_llava, monkeypatch):
+    collate = collator(tiny_llava)
+    real = collate.processor.image_processor
+
+    class Picky:
+        def __call__(self, images, **kwargs):
+            if any(img.size == (1, 1) for img in images):
+                raise ValueError("cannot resize a 1x1 image")
+            return real(images, **kwargs)
+
+    monkeypatch.setattr(collate.processor, "image_processor", Picky())
+    tiny = sample(index=1)
+    tiny.images = [Image.new("RGB", (1, 1))]
+    batch = collate([sample(), tiny, sample("blue", "what ?", 2, images=0)])
+    assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == 1
+    assert batch[DATA_STATS_KEY]["reasons"] == {"image_processor_error": 1}
+
+
+def test_an_unforeseen_error_is_still_a_skip(tiny_llava, tmp_path, monkeypatch):
+    """A bug in parsing (here a StopIteration, what issue 11 found) is a skip, never the end of the epoch."""
+    (tmp_path / "d.json").write_text(json.dumps([{"id": "x", "conversations": [
+        {"from": "human", "value": "hi"}, {"from": "gpt", "value": "ho"}]}]))
+    dataset = LlavaDataset(str(tmp_path / "d.json"))
+
+    def broken(record, where):
+        raise StopIteration
+
+    monkeypatch.setattr(llava_module, "parse_record", broken)
+    skip = dataset[0]
+    assert isinstance(skip, Skipped) and skip.reason == "unexpected_error" and "StopIteration" in skip.detail
+    assert str(skip).startswith(f"{tmp_path / 'd.json'}[0] (id 'x') [unexpected_error] record: StopIteration")
+    collate = collator(tiny_llava)
+    monkeypatch.setattr(collate, "render", lambda tok, messages: next(iter([])))
+    assert is_empty_batch(batch := collate([sample()])) and batch[DATA_STATS_KEY]["reasons"] == {"unexpected_error": 1}
+
+
+def test_monitor_stops_above_the_fraction_naming_the_commonest_reason():
+    monitor = SkipMonitor(max_skip_fraction=0.1, window=100, min_samples=50)
+    for _ in range(20):  # 5% skipped
+        monitor.update(10, {"missing_image": 1, "truncated_text": 3})
+    assert monitor.skipped() == 20 and monitor.samples == 200
+    assert monitor.counts() == {"missing_image": 20, "truncated_text": 60}  # truncated samples are not skips
+    with pytest.raises(TooManySkipsError) as info:
+        for _ in range(10):
+            monitor.update(10, {"bad_record": 10})
+    message = str(info.value)
+    assert "of the last 100 samples were skipped (max_skip_fraction=0.1)" in message
+    assert "the commonest reason is 'bad_record'" in message and "victor data check" in message
+
+
+def test_monitor_waits_for_min_samples_and_forgets_old_samples():
+    monitor = SkipMonitor(max_skip_fraction=0.1, window=100, min_samples=50)
+    monitor.update(40, {"missing_image": 40})  # everything skipped, but only 40 samples seen
+    with pytest.raises(TooManySkipsError, match="100.0% of the last 50 samples.*'missing_image'"):
+        monitor.update(10, {"missing_image": 10})
+    monitor = SkipMonitor(max_skip_fraction=0.1, window=100, min_samples=50)
+    monitor.update(100, {"corrupt_image": 10})  # exactly 10%: allowed
+    monitor.update(100, {})  # the skips leave the window
+    assert monitor.recent_fraction() == 0.0 and monitor.counts() == {"corrupt_image": 10}
+    with pytest.raises(ValueError, match="max_skip_fraction=1.5"):
+        SkipMonitor(max_skip_fraction=1.5)
+
+
+def test_monitor_observes_batches(tiny_llava):
+    collate = collator(tiny_llava)
+    monitor = SkipMonitor()
+    batch = collate([sample(), None])
+    assert monitor.observe(batch) is True and DATA_STATS_KEY not in batch
+    assert monitor.observe(collate([None])) is False
+    assert (monitor.empty_batches, monitor.samples, monitor.counts()) == (1, 3, {"unreadable": 2})

@@ -2,7 +2,6 @@
 import json
 import math
 
-import pytest
 from broken_corpus import KINDS, MAX_LENGTH, write_corpus
 from PIL import Image
 
@@ -82,8 +81,6 @@ def test_the_corpus_through_dataset_collator_and_monitor(tiny_llava, tmp_path):
                                                          if r in dataset.skipped} | {"unreadable": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="the Trainer does not skip empty batches yet (issue 11: wired in trainer.py "
-                                       "with collate.is_empty_batch / monitor.SkipMonitor.observe); remove this mark then")
 def test_a_batch_with_no_usable_sample_is_skipped_not_fatal(backbones, tmp_path):
     images = tmp_path / "img"
     images.mkdir()

@@ -215,3 +215,29 @@ def test_same_recipe_and_seed_give_identical_weights_in_fresh_processes(setup, b
     assert a_loss == b_loss
     for a, b in ((a1, b1), (a15, b15)):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_rank_whose_batch_is_all_broken_joins_the_step_and_contributes_nothing(setup, tmp_path):
+    """Records 4-7 have no image file: in step 1, rank 1's micro-batch is empty. The 2-process run
+    must still train exactly what one process trains on the same global batch."""
+    records = json.loads((setup / "chat.json").read_text())
+    for r in records[4:8]:
+        r["image"] = f"missing-{r['image']}"
+    data = tmp_path / "broken.json"
+    data.write_text(json.dumps(records))
+
+    def args(out, batch):
+        return ["--stage", "2", "--init_from", str(setup / "s1"), "--data_path", str(data), "--image_root",
+                str(setup / "img"), "--output_dir", str(out), "--per_device_train_batch_size", str(batch),
+                "--max_steps", "3", "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none",
+                "--save_strategy", "no", "--use_cpu", "True", "--seed", "0", "--warmup_steps", "0",
+                "--train_sampling_strategy", "sequential", "--disable_tqdm", "True"]
+
+    train_from_recipe(None, args(tmp_path / "one", 8))
+    launch(args(tmp_path / "two", 4))
+    for out in ("one", "two"):
+        assert record(tmp_path / out)["skipped_samples"]["missing_image"] == 4
+    assert record(tmp_path / "one")["empty_batches"] == 0 and record(tmp_path / "two")["empty_batches"] == 1
+    a, b = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=2e-6), key

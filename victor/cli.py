@@ -34,12 +34,13 @@ def _train(argv):
         return
     from victor.config import ConfigError
     from victor.data.llava import DataFormatError
+    from victor.data.monitor import TooManySkipsError
     from victor.train.checkpoint import CheckpointError
     from victor.train.guards import NonFiniteLossError
 
     try:
         print(train_from_recipe(recipe, overrides))
-    except (ConfigError, CheckpointError, DataFormatError, NonFiniteLossError) as err:
+    except (ConfigError, CheckpointError, DataFormatError, NonFiniteLossError, TooManySkipsError) as err:
         raise SystemExit(f"victor train: {err}") from None
 
 

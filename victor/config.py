@@ -79,6 +79,10 @@ class DataArguments:
     image_root: str | None = _opt(None, "folder the records' image paths are relative to")
     max_length: int = _opt(2048, "tokens per sample; longer samples are cut after their last image")
     template: Template | None = _opt(None, "plain | chat; defaults to the stage's")
+    max_skip_fraction: float = _opt(0.1, "stop when more than this share of the recent samples were unusable "
+                                          "(missing images, broken records, ...); 1.0 never stops")
+    skip_window: int = _opt(1000, "how many recent samples max_skip_fraction looks at")
+    max_image_pixels: int = _opt(40_000_000, "images with more pixels are refused (decompression bombs)")
     group_by_modality_length: bool = _opt(
         False, "every global batch all-image or all-text, its samples balanced by length across devices and "
                "accumulation steps (LLaVA's group_by_modality_length)")

@@ -249,7 +249,7 @@ class LlavaDataset(Dataset):
             turns = record.get("conversations") if isinstance(record.get("conversations"), list) else []
             return max(1, sum(len(str(t.get("value", "")).split()) for t in turns if isinstance(t, dict)))
 
-        return [words(r) if r.get("image") else -words(r) for _, r in self.records]
+        return [-1 if not isinstance(r, dict) else words(r) if r.get("image") else -words(r) for _, r in self.records]
 
     def load_image(self, rel: str) -> Image.Image:
         path = self.image_root / rel if self.image_root else Path(rel)

@@ -153,3 +153,36 @@ def replica_mismatches(module: torch.nn.Module) -> list[str]:
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     same = (high == low).cpu()
     return [n for n, i in positions.items() if not (same[i] and same[i + 1])]
+
+
+def sum_across_ranks(counts: dict[str, int]) -> dict[str, int]:
+    """Per-key sums over all processes (keys may differ between ranks); the dict itself on one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return dict(counts)
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, dict(counts))
+    total: dict[str, int] = {}
+    for part in gathered:
+        for key, n in part.items():
+            total[key] = total.get(key, 0) + n
+    return dict(sorted(total.items()))
+
+
+def placeholder_batch(dataset, collator, trains_llm: bool, seed: int) -> dict:
+    """What a process runs (loss x 0) when its micro-batch has no usable sample: something that
+    reaches every trainable module, supervising nothing. One padding token when the LLM trains;
+    otherwise (stage 1) the first readable image sample, its labels cleared."""
+    pad = collator.tokenizer.pad_token_id
+    if trains_llm:
+        return {"input_ids": torch.tensor([[pad]]), "attention_mask": torch.ones(1, 1, dtype=torch.long),
+                "labels": torch.full((1, 1), -100)}
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    for index in order[:1000]:
+        sample = dataset[index]
+        if getattr(sample, "images", None):
+            batch = collator([sample])
+            batch.pop("data_stats", None)
+            if batch["input_ids"].shape[0]:
+                batch["labels"].fill_(-100)
+                return batch
+    raise ValueError("no readable image sample among the first 1000 records: check image_root and the data")

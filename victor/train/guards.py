@@ -26,21 +26,32 @@ class NonFiniteGuard:
 
     def __init__(self, max_consecutive: int, output_dir: str):
         self.max_consecutive, self.output_dir = max_consecutive, output_dir
-        self.skipped = self.consecutive = 0
+        self.skipped = self.consecutive = self.empty_steps = 0
+        self.had_data = False  # did any micro-batch of this optimizer step have a usable sample?
+
+    def note_batch(self, usable: bool) -> None:
+        self.had_data |= usable
 
     def __call__(self, optimizer, args, kwargs) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         device = grads[0].device if grads else torch.device("cpu")
         finite = torch.isfinite(torch.nn.utils.get_total_norm(grads)) if grads else torch.tensor(True)
-        flag = finite.to(device=device, dtype=torch.float32).reshape(1)
+        # [-finite, had data]: one MAX all-reduce gives (any rank non-finite, any rank had data)
+        flags = torch.tensor([0.0 if bool(finite) else 1.0, float(self.had_data)], device=device)
+        self.had_data = False
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        if bool(flag.item()):
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        nonfinite, had_data = bool(flags[0].item()), bool(flags[1].item())
+        if had_data and not nonfinite:
             self.consecutive = 0
             return
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None
+        if not had_data:  # every micro-batch of every rank was empty: nothing to learn from
+            self.empty_steps += 1
+            log.warning("no usable sample in this step on any process: step skipped")
+            return
         self.skipped += 1
         self.consecutive += 1
         log.warning("non-finite gradients: step skipped (%d in a row, %d in all)", self.consecutive, self.skipped)

@@ -61,6 +61,10 @@ def preflight(recipe: Recipe, comprehension: bool) -> None:
             raise ConfigError(f"data_path: no such file {f}")
     if data.image_root and not os.path.isdir(data.image_root):
         raise ConfigError(f"image_root={data.image_root}: no such directory")
+    if not 0.0 <= data.max_skip_fraction <= 1.0:
+        raise ConfigError(f"max_skip_fraction={data.max_skip_fraction} must be in [0, 1]")
+    if data.skip_window < 1 or data.max_image_pixels < 1:
+        raise ConfigError("skip_window and max_image_pixels must be >= 1")
     if data.max_length < 8:
         raise ConfigError(f"max_length={data.max_length} must be >= 8")
     n_visual = visual_tokens_of(model.init_from) if model.init_from else None

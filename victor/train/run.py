@@ -11,6 +11,7 @@ from transformers import TrainerState, set_seed
 from victor.config import ConfigError, Recipe, parse_recipe
 from victor.data.collate import LlavaCollator
 from victor.data.llava import LlavaDataset
+from victor.data.monitor import SkipMonitor
 from victor.model.assemble import (
     build_model,
     load_model,
@@ -22,8 +23,10 @@ from victor.train.checkpoint import resolve_resume
 from victor.train.engine import (
     init_distributed,
     load_dtype,
+    placeholder_batch,
     replica_mismatches,
     seed_pool_from_data,
+    sum_across_ranks,
 )
 from victor.train.preflight import check_max_length, preflight
 from victor.train.stages import apply_freezing, resolve_stage
@@ -66,7 +69,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if training_args.fsdp and (training_args.use_cpu or not torch.cuda.is_available()):
         raise ConfigError(fsdp_refusal(training_args, "a CPU run"))
-    dataset = LlavaDataset(data_args.data_path, data_args.image_root)
+    dataset = LlavaDataset(data_args.data_path, data_args.image_root, max_image_pixels=data_args.max_image_pixels)
     init_distributed(training_args)
     # everything random that exists before the Trainer (projector, pool, head) is built after seeding
     set_seed(training_args.seed)
@@ -78,7 +81,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 
     collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length,
-                             image_keys=stage.comprehension)
+                             image_keys=stage.comprehension, batch_stats=True)
     if stage.comprehension and comp_args.pool_init == "tokens" and resume is None:
         seed_pool_from_data(trained, dataset, collator, training_args)
     training_args.remove_unused_columns = False
@@ -98,6 +101,9 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         },
         group_by_modality_length=data_args.group_by_modality_length,
         max_nonfinite_steps=stage_args.max_nonfinite_steps,
+        placeholder_batch=placeholder_batch(dataset, collator, "llm" in stage.trains, training_args.seed),
+        skip_monitor=SkipMonitor(data_args.max_skip_fraction, window=data_args.skip_window,
+                                 min_samples=min(100, data_args.skip_window)),
     )
     if training_args.fsdp and not trainer.is_fsdp_enabled:
         raise ConfigError(fsdp_refusal(training_args, trainer.accelerator.distributed_type))
@@ -105,8 +111,15 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     mismatched = replica_mismatches(trainer.accelerator.unwrap_model(trainer.model_wrapped))
+    skipped = sum_across_ranks(trainer.skip_monitor.counts())
+    empty_batches = sum_across_ranks({"n": trainer.skip_monitor.empty_batches}).get("n", 0)
+    log.info("stage %s: %d of %d planned steps; %d samples skipped %s", stage.name, result.global_step,
+             trainer.state.max_steps, sum(n for r, n in skipped.items() if r != "truncated_text"), skipped)
     if mismatched:
         log.error("replicas differ between ranks after training: %s", mismatched[:10])
+    if result.global_step < trainer.state.max_steps:
+        raise RuntimeError(f"stage {stage.name} ended after {result.global_step} of {trainer.state.max_steps} "
+                           f"planned steps; what it trained is saved in {training_args.output_dir}")
     if not training_args.should_save:
         return training_args.output_dir
     write_stage_record(
@@ -117,7 +130,10 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "template": stage.template,
             "comprehension": stage.comprehension,
             "trainable_parameters": counts,
-            "skipped_samples": dict(collator.skipped) | dict(dataset.skipped),
+            "skipped_samples": skipped,
+            "empty_batches": empty_batches,
+            "empty_steps_skipped": trainer.nonfinite.empty_steps,
+            "planned_steps": trainer.state.max_steps,
             "train_loss": result.training_loss,
             "world_size": training_args.world_size,
             "resumed_from": resume,

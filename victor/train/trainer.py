@@ -17,6 +17,7 @@ import torch
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from victor.data.monitor import SkipMonitor
 from victor.data.sampler import ModalityLengthGroupedSampler
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import (
@@ -34,9 +35,12 @@ from victor.train.stages import MODULES, modules_of
 
 class VictorTrainer(Trainer):
     def __init__(self, *args, module_lrs: dict[str, float | None] | None = None,
-                 group_by_modality_length: bool = False, max_nonfinite_steps: int = 3, **kwargs):
+                 group_by_modality_length: bool = False, max_nonfinite_steps: int = 3,
+                 skip_monitor: SkipMonitor | None = None, placeholder_batch: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir)
+        self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
+        self.placeholder_batch = placeholder_batch
         self.module_lrs = module_lrs or {}
         self.group_by_modality_length = group_by_modality_length
         self._extra_logs: dict[str, list[float]] = defaultdict(list)
@@ -75,11 +79,30 @@ class VictorTrainer(Trainer):
         self.optimizer.register_step_pre_hook(self.nonfinite)
         return self.optimizer
 
+    # -- steps ----------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Counts the collator's skips (and stops above max_skip_fraction); a micro-batch with no
+        usable sample runs `placeholder_batch` with its loss multiplied by zero, so every process
+        joins the same forward/backward collectives and contributes nothing; a step with no data
+        anywhere is skipped by the optimizer guard."""
+        usable = self.skip_monitor.observe(inputs)
+        self.nonfinite.note_batch(usable)
+        self._placeholder_step = not usable
+        if not usable:
+            inputs = {k: v.clone() for k, v in self.placeholder_batch.items()}
+        return super().training_step(model, inputs, num_items_in_batch)
+
     # -- loss -----------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, out = self._compute_loss(model, inputs, num_items_in_batch)
+        if getattr(self, "_placeholder_step", False):
+            loss = loss * 0.0
+        return (loss, out) if return_outputs else loss
+
+    def _compute_loss(self, model, inputs, num_items_in_batch):
         core = self.accelerator.unwrap_model(model)
         if not isinstance(core, VisualComprehension):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, True, num_items_in_batch)
         out = model(**inputs, mask_step=self.state.global_step, num_items_in_batch=num_items_in_batch)
         # With tokens averaged across devices the LM loss is this rank's share of a global mean, so
         # (as in Trainer.compute_loss) it is scaled by the world size; the reconstruction loss is
@@ -87,22 +110,21 @@ class VictorTrainer(Trainer):
         lm_scale = self.accelerator.num_processes if (
             self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1
         loss = out["loss"] + (lm_scale - 1) * out["lm_loss"]
-        if model.training:
+        if model.training and not getattr(self, "_placeholder_step", False):
             self._extra_logs["lm_loss"].append(lm_scale * float(out["lm_loss"].detach()))
             self._extra_logs["recon_loss"].append(float(out["recon_loss"].detach()))
             for key, value in out["stats"].items():
                 self._extra_logs[key].append(value)
-        return (loss, out) if return_outputs else loss
+        return loss, out
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and self._extra_logs:
             for key, values in self._extra_logs.items():
                 logs[key] = round(sum(values) / len(values), 6)
             self._extra_logs.clear()
-        collator = self.data_collator
-        if "loss" in logs and getattr(collator, "skipped", None) is not None:
-            logs["data/skipped"] = float(sum(collator.skipped.values()))
         if "loss" in logs:
+            logs["data/skipped"] = float(self.skip_monitor.skipped())
+            logs.update({f"data/skipped/{reason}": float(n) for reason, n in self.skip_monitor.counts().items()})
             logs["train/nonfinite_steps_skipped"] = float(self.nonfinite.skipped)
         super().log(logs, *args, **kwargs)
 

@@ -24,30 +24,38 @@ class NonFiniteGuard:
     One fused norm over the gradients per step; under DDP/DeepSpeed one all-reduce, so every
     rank skips the same steps."""
 
-    def __init__(self, max_consecutive: int, output_dir: str):
-        self.max_consecutive, self.output_dir = max_consecutive, output_dir
+    def __init__(self, max_consecutive: int, output_dir: str, current_step=lambda: 0):
+        self.max_consecutive, self.output_dir, self.current_step = max_consecutive, output_dir, current_step
         self.skipped = self.consecutive = self.empty_steps = 0
         self.had_data = False  # did any micro-batch of this optimizer step have a usable sample?
+        self._step = self._decided = None
 
     def note_batch(self, usable: bool) -> None:
+        if self._step != self.current_step():
+            self._step, self.had_data = self.current_step(), False
         self.had_data |= usable
 
     def __call__(self, optimizer, args, kwargs) -> None:
+        """Called once per optimizer.step(); DeepSpeed's ZeRO calls it once per parameter group,
+        so the decision is counted once per training step and applied to every call."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         device = grads[0].device if grads else torch.device("cpu")
         finite = torch.isfinite(torch.nn.utils.get_total_norm(grads)) if grads else torch.tensor(True)
-        # [-finite, had data]: one MAX all-reduce gives (any rank non-finite, any rank had data)
+        # [not finite, had data]: one MAX all-reduce gives (any rank non-finite, any rank had data)
         flags = torch.tensor([0.0 if bool(finite) else 1.0, float(self.had_data)], device=device)
-        self.had_data = False
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         nonfinite, had_data = bool(flags[0].item()), bool(flags[1].item())
+        first_call = self._decided != self.current_step()
+        self._decided = self.current_step()
         if had_data and not nonfinite:
-            self.consecutive = 0
+            self.consecutive = 0 if first_call else self.consecutive
             return
         for group in optimizer.param_groups:
             for p in group["params"]:
                 p.grad = None
+        if not first_call:
+            return
         if not had_data:  # every micro-batch of every rank was empty: nothing to learn from
             self.empty_steps += 1
             log.warning("no usable sample in this step on any process: step skipped")

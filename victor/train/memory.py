@@ -31,6 +31,7 @@ from victor.model.comprehension import VisualComprehension
 from victor.train.stages import MODULES, apply_freezing, modules_of, resolve_stage
 
 GIB = 1024**3
+CPU_PARSE = ["--use_cpu", "True", "--deepspeed", "", "--tf32", "False"]  # parse GPU recipes on any machine
 
 
 def published_configs() -> dict:
@@ -54,7 +55,7 @@ def backbone_config(source: str):
 def backbones_of(recipe_path: Path, seen: tuple = ()) -> tuple[str, str, object]:
     """(vision, llm, model arguments) of a recipe, following `init_from` to the sibling recipe
     whose `output_dir` it names when the previous stage's output does not exist yet."""
-    recipe = parse_recipe(recipe_path, ["--use_cpu", "True", "--deepspeed", ""])
+    recipe = parse_recipe(recipe_path, CPU_PARSE)
     model = recipe.model
     if model.vision and model.llm:
         return model.vision, model.llm, model
@@ -79,7 +80,7 @@ class Counts:
 
 
 def count_parameters(recipe_path: Path) -> tuple[Counts, object]:
-    recipe = parse_recipe(recipe_path, ["--use_cpu", "True", "--deepspeed", ""])
+    recipe = parse_recipe(recipe_path, CPU_PARSE)
     vision, llm, first_model = backbones_of(recipe_path)
     vcfg = vision if not isinstance(vision, str) else backbone_config(vision)
     tcfg = llm if not isinstance(llm, str) else backbone_config(llm)

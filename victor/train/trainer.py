@@ -38,7 +38,7 @@ class VictorTrainer(Trainer):
                  group_by_modality_length: bool = False, max_nonfinite_steps: int = 3,
                  skip_monitor: SkipMonitor | None = None, placeholder_batch: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir)
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir, lambda: self.state.global_step)
         self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
         self.placeholder_batch = placeholder_batch
         self.module_lrs = module_lrs or {}

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers.core_model_loading import revert_weight_conversion
 
 EXTRA_STATE = "comprehension.safetensors"
@@ -87,6 +88,29 @@ def saved_names(llava) -> dict[str, str]:
     return names
 
 
+def copy_into(target: torch.Tensor, tensor: torch.Tensor) -> None:
+    """Copy a full tensor into a live parameter or buffer, also one FSDP2 has sharded (a DTensor:
+    each rank keeps its own shard of the full tensor)."""
+    tensor = tensor.to(target.dtype)
+    if isinstance(target, DTensor):
+        tensor = distribute_tensor(tensor.to(target.device), target.device_mesh, target.placements)
+    target.copy_(tensor)
+
+
+@torch.no_grad()
+def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy tensors into `module` by state-dict name (sharded or not); every name must exist there."""
+    live = module.state_dict(keep_vars=True)
+    unknown = sorted(set(state) - set(live))
+    if unknown:
+        raise CheckpointError(f"{where}: {unknown[:5]} have no place in {type(module).__name__}")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(live[key].shape):
+            raise CheckpointError(f"{where}: {key} has shape {tuple(tensor.shape)}, "
+                                  f"the model expects {tuple(live[key].shape)}")
+        copy_into(live[key], tensor)
+
+
 @torch.no_grad()
 def load_llava_weights(llava, directory: str | os.PathLike) -> None:
     """Copy a saved LLaVA checkpoint into the live model, tensor by tensor, in its dtype."""
@@ -104,7 +128,7 @@ def load_llava_weights(llava, directory: str | os.PathLike) -> None:
                 if tensor.shape != target.shape:
                     raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
                                           f"the model expects {tuple(target.shape)}")
-                target.copy_(tensor.to(target.dtype))
+                copy_into(target, tensor)
                 loaded.add(key)
     tied = {id(p) for k, p in live.items() if k in loaded}
     missing = [k for k, p in live.items() if k not in loaded and id(p) not in tied]

@@ -26,6 +26,7 @@ from victor.train.checkpoint import (
     full_shapes,
     load_extra_state,
     load_llava_weights,
+    load_state_into,
     save_extra_state,
     split_state_dict,
 )
@@ -158,7 +159,7 @@ class VictorTrainer(Trainer):
         if not isinstance(core, VisualComprehension):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_llava_weights(core.llava, resume_from_checkpoint)
-        core.load_extra_state_dict(load_extra_state(resume_from_checkpoint))
+        load_state_into(core, load_extra_state(resume_from_checkpoint), resume_from_checkpoint)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, written under a staging name and renamed into place when complete,

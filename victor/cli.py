@@ -67,6 +67,27 @@ def _eval(args):
     print(format_summary_table(summary))
 
 
+def _convert(args):
+    import torch
+
+    from victor.model.convert import ConversionError, convert
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    try:
+        report = convert(args.src, args.output, vision=args.vision, tokenizer=args.tokenizer,
+                         chat_template=args.chat_template, allow_pickle=args.allow_pickle, dtype=dtype)
+    except (ConversionError, OSError) as err:
+        raise SystemExit(f"victor convert: {err}") from None
+    print(f"{report['source']} ({report['source_model_type']}, {report['family']})\n"
+          f"  -> {args.output}: model_type {report['model_type']}, {report['dtype']}, "
+          f"{report['image_seq_length']} visual tokens, image_aspect_ratio {report['image_aspect_ratio'] or 'native'}, "
+          f"chat template {report['chat_template']}\n  vision tower: {report['vision']} ({report['vision_weights']})")
+    if report["pool"]:
+        print(f"  pool {report['pool']} -> comprehension.safetensors (continue stage 1.5 with pool_init: checkpoint)")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+
+
 def _compare(args):
     from victor.eval.run import compare_runs
 
@@ -131,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int)
     s.add_argument("--max-new-tokens", type=int, default=16)
 
+    s = sub.add_parser("convert", help="the authors' released checkpoint (croc_llama / llava_llama) -> ours")
+    s.add_argument("src", help="directory of the released checkpoint (config.json + weights + tokenizer)")
+    s.add_argument("--output", required=True)
+    s.add_argument("--vision", help="vision tower hub id or directory (default: the config's mm_vision_tower)")
+    s.add_argument("--tokenizer", help="tokenizer hub id or directory (default: the checkpoint's own)")
+    s.add_argument("--chat-template", default="vicuna", help="vicuna (Vicuna v1, these models'), chatml, or Jinja")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                   help="auto: the released weights' dtype")
+    s.add_argument("--allow-pickle", action="store_true",
+                   help="read .bin weights (torch.load with weights_only=True)")
+
     s = sub.add_parser("compare", help="benchmark summaries side by side")
     s.add_argument("runs", nargs="+")
 
@@ -149,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in PASS_THROUGH:
         return PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
-    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare}[args.command](args)
+    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare, "convert": _convert}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ def _chat(args):
 
 
 def _eval(args):
+    if args.suite:
+        return _eval_suite(args)
+    if not (args.model and args.benchmark and args.data):
+        raise SystemExit("victor eval: give --model, --benchmark and --data (or --suite and --data-root)")
     from victor.eval.run import format_summary_table, run_benchmark
     from victor.infer import Generator
 
@@ -61,10 +65,30 @@ def _eval(args):
     out = args.output or os.path.join(args.model, "eval", args.benchmark)
     summary = run_benchmark(
         args.benchmark, args.data, args.image_root,
-        lambda images, prompts: gen(images, prompts, max_new_tokens=args.max_new_tokens),
+        lambda images, prompts: gen(images, prompts, max_new_tokens=args.max_new_tokens or 16),
         out, batch_size=args.batch_size, limit=args.limit,
     )
     print(format_summary_table(summary))
+
+
+def _eval_suite(args):
+    from victor.eval.suite import SUITES, format_layout, format_suite, run_suite
+
+    if args.suite not in SUITES:
+        raise SystemExit(f"victor eval: unknown suite {args.suite!r}; known: {', '.join(SUITES)}")
+    if not args.data_root or not os.path.isdir(args.data_root):
+        raise SystemExit(f"victor eval: --suite needs --data-root, a directory (got {args.data_root!r})")
+    if not args.model:  # the layout check: which files each column would read
+        print(format_layout(args.suite, args.data_root))
+        return
+    from victor.infer import Generator
+
+    gen = Generator(args.model)
+    result = run_suite(args.suite, args.data_root,
+                       lambda images, prompts, n: gen(images, prompts, max_new_tokens=n),
+                       args.output or os.path.join(args.model, "eval", args.suite), batch_size=args.batch_size,
+                       limit=args.limit, max_new_tokens=args.max_new_tokens, model=args.model)
+    print(format_suite(result))
 
 
 def _convert(args):
@@ -142,15 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=0.9)
     s.add_argument("--seed", type=int, default=None)
 
-    s = sub.add_parser("eval", help="score a checkpoint on a benchmark in its official format")
-    s.add_argument("--model", required=True)
-    s.add_argument("--benchmark", required=True)
-    s.add_argument("--data", required=True)
+    s = sub.add_parser("eval", help="score a checkpoint on a benchmark in its official format, or a whole suite")
+    s.add_argument("--model", help="checkpoint directory (with --suite and no model: check the data layout)")
+    s.add_argument("--benchmark")
+    s.add_argument("--data")
     s.add_argument("--image-root")
+    s.add_argument("--suite", help="llava-1.5: the nine Model Zoo benchmarks of LLaVA-1.5 / Croc-7B")
+    s.add_argument("--data-root", help="with --suite: a folder laid out as LLaVA's playground/data/eval")
     s.add_argument("--output")
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--limit", type=int)
-    s.add_argument("--max-new-tokens", type=int, default=16)
+    s.add_argument("--limit", type=int, help="first N questions of each benchmark")
+    s.add_argument("--max-new-tokens", type=int,
+                   help="default 16 for --benchmark; per benchmark for --suite (128, free-text ones 1024)")
 
     s = sub.add_parser("convert", help="the authors' released checkpoint (croc_llama / llava_llama) -> ours")
     s.add_argument("src", help="directory of the released checkpoint (config.json + weights + tokenizer)")

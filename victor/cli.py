@@ -112,6 +112,15 @@ def _convert(args):
         print(f"  note: {note}")
 
 
+def _serve(args):
+    import torch
+
+    from victor.serve.web import serve
+
+    serve(args.model, host=args.host, port=args.port,
+          dtype=None if args.dtype == "auto" else getattr(torch, args.dtype))
+
+
 def _compare(args):
     from victor.eval.run import compare_runs
 
@@ -190,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-pickle", action="store_true",
                    help="read .bin weights (torch.load with weights_only=True)")
 
+    s = sub.add_parser("serve", help="web chat on a checkpoint (Gradio: pip install 'victor[web]')")
+    s.add_argument("--model", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+
     s = sub.add_parser("compare", help="benchmark summaries side by side")
     s.add_argument("runs", nargs="+")
 
@@ -208,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in PASS_THROUGH:
         return PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
-    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare, "convert": _convert}[args.command](args)
+    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare, "convert": _convert,
+     "serve": _serve}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -217,3 +217,8 @@ def test_stage_1_5_continues_from_a_converted_release(converted, tmp_path):
     out = train_from_recipe(None, argv(pool_size=str(POOL_ROWS)))
     pool = load_file(str(Path(out) / EXTRA_STATE))["pool"]
     assert (pool - load_file(str(src / "model.safetensors"))["model.mask_token"]).abs().max() < 1e-3
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path):
+    with pytest.raises(ConversionError, match="DeepGlint-AI/LLaVA-v1.5-Croc-7b: not a directory, and the hub"):
+        convert("DeepGlint-AI/LLaVA-v1.5-Croc-7b", tmp_path / "out")

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default 16 for --benchmark; per benchmark for --suite (128, free-text ones 1024)")
 
     s = sub.add_parser("convert", help="the authors' released checkpoint (croc_llama / llava_llama) -> ours")
-    s.add_argument("src", help="directory of the released checkpoint (config.json + weights + tokenizer)")
+    s.add_argument("src", help="the released checkpoint: a directory (config.json, weights, tokenizer) or hub id")
     s.add_argument("--output", required=True)
     s.add_argument("--vision", help="vision tower hub id or directory (default: the config's mm_vision_tower)")
     s.add_argument("--tokenizer", help="tokenizer hub id or directory (default: the checkpoint's own)")

@@ -166,6 +166,20 @@ def check_config(config: dict) -> tuple[str, bool, str]:
     return RELEASED_TYPES[kind]
 
 
+def released_dir(src: str, allow_pickle: bool) -> Path:
+    """`src` itself if it is a directory, else the hub snapshot of the repo it names (config, weights, tokenizer)."""
+    if Path(src).is_dir() or src.startswith((".", "/", "~")) or src.count("/") != 1:
+        return Path(src)
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"] + (["*.bin"] if allow_pickle else [])
+    try:
+        return Path(snapshot_download(src, allow_patterns=patterns))
+    except Exception as err:  # offline, no such repo, gated: say which
+        raise ConversionError(f"{src}: not a directory, and the hub download failed ({type(err).__name__}: "
+                              f"{err})") from None
+
+
 def _with_image_row(weight: torch.Tensor) -> torch.Tensor:
     """One more row for `<image>`: the mean of the others (its logit is the mean logit, never the maximum)."""
     return torch.cat([weight, weight.float().mean(dim=0, keepdim=True).to(weight.dtype)])
@@ -173,8 +187,8 @@ def _with_image_row(weight: torch.Tensor) -> torch.Tensor:
 
 def convert(src, output, *, vision: str | None = None, tokenizer: str | None = None,
             chat_template: str = "vicuna", allow_pickle: bool = False, dtype: torch.dtype | None = None) -> dict:
-    """Convert the released checkpoint in directory `src` into `output`; returns what was done."""
-    src, output = Path(src), Path(output)
+    """Convert the released checkpoint `src` (a directory or hub id) into `output`; returns what was done."""
+    src, output = released_dir(str(src), allow_pickle), Path(output)
     if not (src / "config.json").is_file():
         raise ConversionError(f"{src}: no config.json (a released checkpoint is a directory)")
     if output.exists() and any(output.iterdir()):

@@ -221,7 +221,8 @@ def convert(src, output, *, vision: str | None = None, tokenizer: str | None = N
     n_visual, extra = count_visual_tokens(tower, image_processor, layer, strategy)
     del tower
 
-    tok = AutoTokenizer.from_pretrained(tokenizer or str(src))
+    # the LLM's config type, so that the tokenizer does not look `croc_llama` up among transformers' types
+    tok = AutoTokenizer.from_pretrained(tokenizer or str(src), config=AutoConfig.for_model(llm_type))
     if config.get("tokenizer_model_max_length"):
         tok.model_max_length = config["tokenizer_model_max_length"]
     n_vocab = llava_tensors["model.language_model.embed_tokens.weight"].shape[0]

@@ -56,6 +56,10 @@ def _chat(args):
 
 
 def _eval(args):
+    if args.suite:
+        return _eval_suite(args)
+    if not (args.model and args.benchmark and args.data):
+        raise SystemExit("victor eval: give --model, --benchmark and --data (or --suite and --data-root)")
     from victor.eval.run import format_summary_table, run_benchmark
     from victor.infer import Generator
 
@@ -63,7 +67,7 @@ def _eval(args):
     out = args.output or os.path.join(args.model, "eval", args.benchmark)
     summary = run_benchmark(
         args.benchmark, args.data, args.image_root,
-        lambda images, prompts: gen(images, prompts, max_new_tokens=args.max_new_tokens),
+        lambda images, prompts: gen(images, prompts, max_new_tokens=args.max_new_tokens or 16),
         out, batch_size=args.batch_size, limit=args.limit,
     )
     print(format_summary_table(summary))
@@ -87,6 +91,56 @@ def _data(args):
         print(f"report written to {args.report}")
     if not report["passed"]:
         raise SystemExit(1)
+
+
+def _eval_suite(args):
+    from victor.eval.suite import SUITES, format_layout, format_suite, run_suite
+
+    if args.suite not in SUITES:
+        raise SystemExit(f"victor eval: unknown suite {args.suite!r}; known: {', '.join(SUITES)}")
+    if not args.data_root or not os.path.isdir(args.data_root):
+        raise SystemExit(f"victor eval: --suite needs --data-root, a directory (got {args.data_root!r})")
+    if not args.model:  # the layout check: which files each column would read
+        print(format_layout(args.suite, args.data_root))
+        return
+    from victor.infer import Generator
+
+    gen = Generator(args.model)
+    result = run_suite(args.suite, args.data_root,
+                       lambda images, prompts, n: gen(images, prompts, max_new_tokens=n),
+                       args.output or os.path.join(args.model, "eval", args.suite), batch_size=args.batch_size,
+                       limit=args.limit, max_new_tokens=args.max_new_tokens, model=args.model)
+    print(format_suite(result))
+
+
+def _convert(args):
+    import torch
+
+    from victor.model.convert import ConversionError, convert
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    try:
+        report = convert(args.src, args.output, vision=args.vision, tokenizer=args.tokenizer,
+                         chat_template=args.chat_template, allow_pickle=args.allow_pickle, dtype=dtype)
+    except (ConversionError, OSError) as err:
+        raise SystemExit(f"victor convert: {err}") from None
+    print(f"{report['source']} ({report['source_model_type']}, {report['family']})\n"
+          f"  -> {args.output}: model_type {report['model_type']}, {report['dtype']}, "
+          f"{report['image_seq_length']} visual tokens, image_aspect_ratio {report['image_aspect_ratio'] or 'native'}, "
+          f"chat template {report['chat_template']}\n  vision tower: {report['vision']} ({report['vision_weights']})")
+    if report["pool"]:
+        print(f"  pool {report['pool']} -> comprehension.safetensors (continue stage 1.5 with pool_init: checkpoint)")
+    for note in report["notes"]:
+        print(f"  note: {note}")
+
+
+def _serve(args):
+    import torch
+
+    from victor.serve.web import serve
+
+    serve(args.model, host=args.host, port=args.port,
+          dtype=None if args.dtype == "auto" else getattr(torch, args.dtype))
 
 
 def _compare(args):
@@ -143,15 +197,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=0.9)
     s.add_argument("--seed", type=int, default=None)
 
-    s = sub.add_parser("eval", help="score a checkpoint on a benchmark in its official format")
-    s.add_argument("--model", required=True)
-    s.add_argument("--benchmark", required=True)
-    s.add_argument("--data", required=True)
+    s = sub.add_parser("eval", help="score a checkpoint on a benchmark in its official format, or a whole suite")
+    s.add_argument("--model", help="checkpoint directory (with --suite and no model: check the data layout)")
+    s.add_argument("--benchmark")
+    s.add_argument("--data")
     s.add_argument("--image-root")
+    s.add_argument("--suite", help="llava-1.5: the nine Model Zoo benchmarks of LLaVA-1.5 / Croc-7B")
+    s.add_argument("--data-root", help="with --suite: a folder laid out as LLaVA's playground/data/eval")
     s.add_argument("--output")
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--limit", type=int)
-    s.add_argument("--max-new-tokens", type=int, default=16)
+    s.add_argument("--limit", type=int, help="first N questions of each benchmark")
+    s.add_argument("--max-new-tokens", type=int,
+                   help="default 16 for --benchmark; per benchmark for --suite (128, free-text ones 1024)")
+
+    s = sub.add_parser("convert", help="the authors' released checkpoint (croc_llama / llava_llama) -> ours")
+    s.add_argument("src", help="the released checkpoint: a directory (config.json, weights, tokenizer) or hub id")
+    s.add_argument("--output", required=True)
+    s.add_argument("--vision", help="vision tower hub id or directory (default: the config's mm_vision_tower)")
+    s.add_argument("--tokenizer", help="tokenizer hub id or directory (default: the checkpoint's own)")
+    s.add_argument("--chat-template", default="vicuna", help="vicuna (Vicuna v1, these models'), chatml, or Jinja")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                   help="auto: the released weights' dtype")
+    s.add_argument("--allow-pickle", action="store_true",
+                   help="read .bin weights (torch.load with weights_only=True)")
+
+    s = sub.add_parser("serve", help="web chat on a checkpoint (Gradio: pip install 'victor[web]')")
+    s.add_argument("--model", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    s.add_argument("--port", type=int, default=7860)
+    s.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
 
     s = sub.add_parser("data", help="dataset tools: `victor data check DATA --image-root DIR`")
     data = s.add_subparsers(dest="data_command", required=True)
@@ -184,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in PASS_THROUGH:
         return PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
-    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare, "data": _data}[args.command](args)
+    {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare, "data": _data, "convert": _convert,
+     "serve": _serve}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-PoolInit = Literal["tokens", "unit", "paper"]
+PoolInit = Literal["tokens", "unit", "paper", "checkpoint"]
 Matching = Literal["hungarian", "nearest"]
 Attention = Literal["causal", "bidirectional-visual", "prefix"]
 ReconHead = Literal["linear", "transformer"]
@@ -107,7 +107,9 @@ class ComprehensionConfig:
     pool_size: int = _opt(2048, "rows of the learnable visual token pool")
     pool_init: PoolInit = _opt(
         "tokens", "tokens: rows seeded from real projected visual tokens; unit: random unit rows; "
-                  "paper: the published standard-normal init (degenerate matching)")
+                  "paper: the published standard-normal init (degenerate matching); checkpoint: the rows (and "
+                  "a head of the same kind) in init_from's comprehension.safetensors, to continue a stage 1.5 "
+                  "or a converted release")
     pool_lr: float | None = _opt(1.5e-4, "pool learning rate (the published 1.5e-4; unset: learning_rate)")
     head_lr: float | None = _opt(None, "reconstruction head learning rate (unset: learning_rate)")
     mask_ratio: float = _opt(0.75, "share of each image's visual tokens replaced by pool rows, in (0, 1]")

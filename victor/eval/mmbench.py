@@ -1,4 +1,4 @@
-"""MMBench: the TSV reader, circular copies, CircularEval scoring and the submission file."""
+"""MMBench and MMBench-CN: the TSV reader, circular copies, CircularEval scoring and the submission file."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,13 @@ from pathlib import Path
 from .files import format_error, is_missing, open_base64, read_delimited, text_or_empty
 from .metrics import circular_accuracy, circular_groups
 from .multiple_choice import MultipleChoiceSpec
-from .prompts import CIRCULAR_OFFSET, OPTION_LETTERS, circular_copy, format_mc_prompt
+from .prompts import (
+    CIRCULAR_OFFSET,
+    MC_SUFFIX,
+    OPTION_LETTERS,
+    circular_copy,
+    format_mc_prompt,
+)
 from .spec import EvalItem
 
 __all__ = ["MMBenchSpec"]
@@ -32,8 +38,9 @@ class MMBenchSpec(MultipleChoiceSpec):
     report_metrics = ("circular_accuracy", "accuracy")
     submission_filename = "submission.tsv"
 
-    def __init__(self, circular: bool = False, name: str | None = None):
+    def __init__(self, circular: bool = False, name: str | None = None, suffix: str = MC_SUFFIX):
         self.circular = circular
+        self.suffix = suffix  # MMBench-CN: LLaVA's Chinese instruction (prompts.MC_SUFFIX_CN)
         if name:
             self.name = name
 
@@ -88,7 +95,7 @@ class MMBenchSpec(MultipleChoiceSpec):
             "question": str(row["question"]),
             "_row": {k: v for k, v in row.items() if k != "image"},
         }
-        return EvalItem(str(index), format_mc_prompt(str(row["question"]), options, hint),
+        return EvalItem(str(index), format_mc_prompt(str(row["question"]), options, hint, self.suffix),
                         images[str(row["index"]).strip()], answer, meta)
 
     def _rotations(self, item: EvalItem) -> list[EvalItem]:
@@ -99,7 +106,7 @@ class MMBenchSpec(MultipleChoiceSpec):
             index = item.meta["index"] + k * CIRCULAR_OFFSET
             meta = {**item.meta, "index": index, "options": options, "circular_copy": k}
             meta.pop("_row", None)
-            prompt = format_mc_prompt(item.meta["question"], options, item.meta["hint"])
+            prompt = format_mc_prompt(item.meta["question"], options, item.meta["hint"], self.suffix)
             out.append(EvalItem(str(index), prompt, item.image, answer, meta))
         return out
 

@@ -59,18 +59,21 @@ class SeedSpec(MultipleChoiceSpec):
     """SEED-Bench ``SEED-Bench.json``: ``{"question_type": {name: id}, "questions": [...]}``.
 
     Each question has ``question_id, question, choice_a..choice_d, answer, data_id,
-    question_type_id, data_type``; only ``data_type == "image"`` questions are kept (as in
-    LLaVA-1.5's SEED-image numbers); the image is ``image_root/data_id``.  Scored per
-    question type (names from the top-level ``question_type`` mapping).
+    question_type_id, data_type``; only ``data_type == "image"`` questions are kept (SEED-IMG);
+    the image is ``image_root/data_id``.  Or LLaVA's ``llava-seed-bench.jsonl``, image and video
+    (middle frame) questions, LLaVA-1.5's "SEED" column (see ``_load_llava``).  Scored per
+    question type (names from the top-level ``question_type`` mapping) and per data type.
     """
 
     name = "seed"
     format_name = "SEED-Bench JSON"
-    group_keys = ("question_type",)
+    group_keys = ("question_type", "data_type")
     submission_filename = "submission.jsonl"
 
     def load(self, path, image_root=None):
         path = Path(path)
+        if path.suffix.lower() == ".jsonl":
+            return self._load_llava(path, image_root)
         data = read_json(path, self.format_name)
         require(data, ("questions",), path, "top level", self.format_name)
         type_names = {str(v): k for k, v in (data.get("question_type") or {}).items()}
@@ -90,10 +93,36 @@ class SeedSpec(MultipleChoiceSpec):
             type_id = q.get("question_type_id")
             meta = {"question_type_id": type_id,
                     "question_type": type_names.get(str(type_id), str(type_id)),
-                    "options": options, "data_id": q["data_id"]}
+                    "options": options, "data_id": q["data_id"], "data_type": "image"}
             answer = None if is_missing(q.get("answer")) else str(q["answer"]).strip()
             items.append(EvalItem(str(q["question_id"]), format_mc_prompt(str(q["question"]), options),
                                   resolve(str(q["data_id"]), root), answer, meta))
+        return items
+
+    def _load_llava(self, path: Path, image_root):
+        """LLaVA's ``llava-seed-bench.jsonl`` (``question_id, image, text[, category]``; the text holds
+        the options and the instruction; video questions point at their middle frame under
+        ``SEED-Bench-video-image``), gold answers from ``SEED-Bench.json`` beside it (else unscored).
+        Images: ``image_root`` or the file's folder, as LLaVA's ``--image-folder seed_bench``."""
+        gold_path = path.with_name("SEED-Bench.json")
+        gold, type_names = {}, {}
+        if gold_path.is_file():
+            data = read_json(gold_path, self.format_name)
+            require(data, ("questions",), gold_path, "top level", self.format_name)
+            type_names = {str(v): k for k, v in (data.get("question_type") or {}).items()}
+            gold = {str(q.get("question_id")): q for q in data["questions"] if isinstance(q, dict)}
+        root = default_root(path, image_root)
+        items = []
+        for i, rec in enumerate(read_table(path, "LLaVA SEED-Bench JSONL")):
+            require(rec, ("question_id", "image", "text"), path, f"line {i + 1}", "LLaVA SEED-Bench JSONL")
+            qid, text = str(rec["question_id"]), str(rec["text"])
+            q = gold.get(qid, {})
+            type_id = q.get("question_type_id")
+            meta = {"question_type_id": type_id, "options": options_from_lines(text),
+                    "question_type": type_names.get(str(type_id), rec.get("category") or str(type_id)),
+                    "data_type": q.get("data_type") or ("video" if "video" in str(rec["image"]) else "image")}
+            answer = None if is_missing(q.get("answer")) else str(q["answer"]).strip()
+            items.append(EvalItem(qid, with_suffix(text, MC_SUFFIX), resolve(str(rec["image"]), root), answer, meta))
         return items
 
     def write_submission(self, items, predictions, path) -> list[str]:

@@ -4,7 +4,8 @@ Prompts never contain the ``<image>`` token: the caller's chat template places t
 The conventions follow LLaVA-1.5 ``scripts/v1_5/eval/*.sh`` and ``llava/eval/model_vqa*.py``:
 
 * multiple choice (MMBench, SEED, ScienceQA, MMStar): ``[hint\\n]question`` then one line per
-  option ``"A. text"``, then ``"\\n" + MC_SUFFIX`` (``--single-pred-prompt``);
+  option ``"A. text"``, then ``"\\n" + MC_SUFFIX`` (``--single-pred-prompt``; MMBench-CN:
+  ``MC_SUFFIX_CN``, LLaVA's ``--lang cn``);
 * short answers (POPE, GQA, VQAv2): ``question + "\\n" + SHORT_ANSWER_SUFFIX``;
 * MM-Vet, LLaVA-Bench in-the-wild, RealWorldQA: the question text as released.
 
@@ -19,6 +20,7 @@ from typing import Mapping, Sequence
 __all__ = [
     "CIRCULAR_OFFSET",
     "MC_SUFFIX",
+    "MC_SUFFIX_CN",
     "MMBENCH_COLUMNS",
     "MMBENCH_OPTIONS",
     "OPTION_LETTERS",
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
+MC_SUFFIX_CN = "请直接回答选项字母。"  # LLaVA ``model_vqa_mmbench.py --lang cn`` (MMBench-CN)
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 OPTION_LETTERS = "ABCDEFGHIJ"
 
@@ -43,17 +46,19 @@ MMBENCH_COLUMNS = [
 CIRCULAR_OFFSET = 1_000_000
 
 
-def format_mc_prompt(question: str, options: Mapping[str, str] | Sequence[str], hint: str | None = None) -> str:
+def format_mc_prompt(question: str, options: Mapping[str, str] | Sequence[str], hint: str | None = None,
+                     suffix: str = MC_SUFFIX) -> str:
     """LLaVA-1.5 multiple-choice prompt (``model_vqa_mmbench.py`` with ``--single-pred-prompt``).
 
-    ``options`` maps letters to texts, or lists the texts in the order of ``OPTION_LETTERS``.
+    ``options`` maps letters to texts, or lists the texts in the order of ``OPTION_LETTERS``;
+    ``suffix`` is the closing instruction (``MC_SUFFIX_CN`` for MMBench-CN).
     """
     if not isinstance(options, Mapping):
         options = dict(zip(OPTION_LETTERS, options))
     text = f"{hint}\n{question}" if hint else question
     for letter, option in options.items():
         text += f"\n{letter}. {option}"
-    return f"{text}\n{MC_SUFFIX}"
+    return f"{text}\n{suffix}"
 
 
 def with_suffix(text: str, suffix: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from .judged import LlavaWildSpec, MMVetSpec
 from .mmbench import MMBenchSpec
 from .multiple_choice import MMStarSpec, RealWorldQASpec, ScienceQASpec, SeedSpec
+from .prompts import MC_SUFFIX_CN
 from .short_answer import GQASpec, VQAv2Spec
 from .spec import BenchmarkSpec
 from .yes_no import PopeSpec
@@ -13,6 +14,7 @@ __all__ = ["BENCHMARKS", "get_benchmark"]
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "mmbench": MMBenchSpec(),
     "mmbench-circular": MMBenchSpec(circular=True, name="mmbench-circular"),
+    "mmbench-cn": MMBenchSpec(name="mmbench-cn", suffix=MC_SUFFIX_CN),  # mmbench_dev_cn_*.tsv, LLaVA --lang cn
     "seed": SeedSpec(),
     "mmstar": MMStarSpec(),
     "realworldqa": RealWorldQASpec(),

@@ -158,6 +158,22 @@ class VisualComprehension(nn.Module):
         pixel_values = pixel_values.to(next(self.llava.parameters()).dtype)
         return torch.stack(list(self.llava.model.get_image_features(pixel_values=pixel_values).pooler_output))
 
+    @torch.no_grad()
+    def load_pool(self, state: dict[str, torch.Tensor]) -> bool:
+        """Continue from saved rows (`pool_init: checkpoint`): the pool of a finished stage 1.5 or of a
+        converted release; the head too where its tensors fit this head. Returns whether it did."""
+        if tuple(state["pool"].shape) != tuple(self.pool.shape):
+            raise ValueError(f"the saved pool has shape {tuple(state['pool'].shape)}, this stage's "
+                             f"{tuple(self.pool.shape)} (pool_size x LLM hidden size)")
+        self.pool.copy_(state["pool"])
+        self.pool_ready.fill_(True)
+        head = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
+        own = self.head.state_dict()
+        if head.keys() != own.keys() or any(head[k].shape != own[k].shape for k in own):
+            return False
+        self.head.load_state_dict(head)
+        return True
+
     # -- the method ---------------------------------------------------------------------------
     def mask_and_match(self, tokens: torch.Tensor, image_keys: torch.Tensor | None = None, step: int = 0):
         """tokens [images, n_visual, hidden] -> (replaced tokens, mask, matched rows, costs).

@@ -42,6 +42,22 @@ def check_max_length(max_length: int, n_visual: int | None) -> None:
                           f"raise it above {n_visual}")
 
 
+def saved_pool(option: str, init_from: str | None, pool_size: int) -> None:
+    """init_from holds a comprehension.safetensors whose pool has `pool_size` rows."""
+    from safetensors import safe_open
+
+    from victor.train.checkpoint import EXTRA_STATE
+
+    path = Path(init_from or "", EXTRA_STATE)
+    if not init_from or not path.is_file():
+        raise ConfigError(f"{option}: init_from={init_from} has no {EXTRA_STATE} (a stage-1.5 output or a "
+                          "checkpoint converted from a Croc/ViCToR release has one)")
+    with safe_open(str(path), framework="pt") as f:
+        rows = f.get_slice("pool").get_shape()[0] if "pool" in f.keys() else None
+    if rows != pool_size:
+        raise ConfigError(f"{option}: the pool in {path} has {rows} rows; set pool_size={rows}")
+
+
 def preflight(recipe: Recipe, comprehension: bool) -> None:
     model, data, training = recipe.model, recipe.data, recipe.training
     for options in (model, data, recipe.stage, recipe.comprehension):
@@ -71,6 +87,8 @@ def preflight(recipe: Recipe, comprehension: bool) -> None:
     check_max_length(data.max_length, n_visual)
     if comprehension:
         recipe.comprehension.validate(n_visual)
+        if recipe.comprehension.pool_init == "checkpoint":
+            saved_pool("pool_init=checkpoint", model.init_from, recipe.comprehension.pool_size)
     for option in ("projector_lr", "llm_lr", "vision_lr"):
         value = getattr(recipe.stage, option)
         if value is not None and not value > 0:

@@ -19,7 +19,7 @@ from victor.model.assemble import (
     with_aspect_ratio,
 )
 from victor.model.comprehension import VisualComprehension
-from victor.train.checkpoint import resolve_resume
+from victor.train.checkpoint import load_extra_state, resolve_resume
 from victor.train.engine import (
     init_distributed,
     load_dtype,
@@ -77,6 +77,9 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     check_max_length(data_args.max_length, model.config.image_seq_length)
     set_seed(training_args.seed)  # loading consumes randomness differently per engine (ZeRO-3's zero.Init)
     trained = VisualComprehension(model, comp_args, mask_seed=training_args.seed) if stage.comprehension else model
+    if stage.comprehension and comp_args.pool_init == "checkpoint" and resume is None:
+        head = trained.load_pool(load_extra_state(model_args.init_from))
+        log.info("pool from %s%s", model_args.init_from, " (and its head)" if head else "; a fresh head")
     counts = apply_freezing(trained, stage)
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 

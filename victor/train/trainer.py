@@ -67,7 +67,8 @@ class VictorTrainer(Trainer):
         decay = set(self.get_decay_parameter_names(model))
         groups = []
         for module in MODULES:
-            lr = self.module_lrs.get(module) or self.args.learning_rate
+            lr = self.module_lrs.get(module)
+            lr = self.args.learning_rate if lr is None else lr
             for with_decay in (True, False):
                 params = [p for n, p in model.named_parameters()
                           if p.requires_grad and owner[n] == module and (n in decay) == with_decay]

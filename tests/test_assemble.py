@@ -26,6 +26,20 @@ def prompt_inputs(processor, n=1):
     return processor(text=[text] * n, images=images, return_tensors="pt")
 
 
+def assert_backbones_loaded(model, vision_dir, llm_dir):
+    """Every tensor of both saved backbones is in the assembled model, unchanged."""
+    vs, ms = AutoModel.from_pretrained(vision_dir).state_dict(), model.model.vision_tower.state_dict()
+    assert vs.keys() == ms.keys()
+    for key in vs:
+        assert torch.equal(vs[key], ms[key]), key
+    lm = AutoModelForCausalLM.from_pretrained(llm_dir)
+    ls, ms = lm.model.state_dict(), model.model.language_model.state_dict()
+    assert ls.keys() == ms.keys()
+    for key in ls:
+        assert torch.equal(ls[key], ms[key]), key
+    assert torch.equal(lm.lm_head.weight, model.lm_head.weight)
+
+
 def test_clip_llama_weights_loaded_and_image_tokens_expanded(backbones, tiny_llava):
     model, processor = tiny_llava
     vision_dir, llm_dir = backbones
@@ -33,12 +47,7 @@ def test_clip_llama_weights_loaded_and_image_tokens_expanded(backbones, tiny_lla
     assert processor.num_additional_image_tokens == 1
     inputs = prompt_inputs(processor)
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 16
-    vision = AutoModel.from_pretrained(vision_dir)
-    lm = AutoModelForCausalLM.from_pretrained(llm_dir)
-    vs, ms = vision.state_dict(), model.model.vision_tower.state_dict()
-    assert all(torch.equal(vs[k], ms[k]) for k in ms)
-    assert torch.equal(lm.lm_head.weight, model.lm_head.weight)
-    assert torch.equal(lm.model.layers[1].mlp.up_proj.weight, model.model.language_model.layers[1].mlp.up_proj.weight)
+    assert_backbones_loaded(model, vision_dir, llm_dir)
     assert model.config.image_token_id < model.config.text_config.vocab_size
     logits = model(**inputs).logits
     assert logits.shape == (1, inputs["input_ids"].shape[1], model.config.text_config.vocab_size)
@@ -55,6 +64,13 @@ def test_siglip_qwen2_full_strategy(tmp_path):
     inputs = prompt_inputs(processor, n=2)
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 32
     assert torch.isfinite(model(**inputs).logits).all()
+    assert_backbones_loaded(model, v, l)
+    # SigLIP has no CLS token: "full" keeps every patch of the chosen layer, here the last one
+    vision = AutoModel.from_pretrained(v).eval()
+    with torch.no_grad():
+        feats = vision(inputs["pixel_values"], output_hidden_states=True).hidden_states[-1]
+        assert torch.allclose(model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output[0],
+                              model.model.multi_modal_projector(feats)[0], atol=1e-6)
 
 
 def test_save_reload_with_stock_transformers_identical_logits(tiny_llava, tmp_path):

@@ -61,3 +61,36 @@ def test_forward_applies_the_attention_mode(runs):
     assert not torch.allclose(bidir[first[0]], prefix[first[0]], atol=1e-6)
     losses = {m: float(out[m, 2][1]) for m in ("causal", "bidirectional-visual", "prefix")}
     assert len({round(v, 6) for v in losses.values()}) == 3, losses
+
+
+def with_attention(llava, impl):
+    model = copy.deepcopy(llava)
+    model.config._attn_implementation = impl
+    model.config.text_config._attn_implementation = impl
+    return model
+
+
+@pytest.mark.parametrize("mode", ["causal", "bidirectional-visual", "prefix"])
+def test_flex_attention_follows_the_mode_like_eager(tiny_llava, mode):
+    """The README: the masks are transformers' own, so flex attention runs every mode. On CPU (torch
+    2.13) flex attention runs through torch.compile's CPU backend; a padded batch of a two-image and
+    a one-image sample must give the logits and losses of eager attention."""
+    llava, processor = tiny_llava
+    samples = [Sample("two", [{"role": "user", "content": "<image>\nthe left image .\n<image>\ndescribe both ."},
+                              {"role": "assistant", "content": "a red circle and a blue square ."}],
+                      [image(1), image(2)], index=0),
+               Sample("one", [{"role": "user", "content": "<image>\nwhat colour ?"},
+                              {"role": "assistant", "content": "red"}], [image(3)], index=1)]
+    batch = LlavaCollator(processor, llava.config.image_seq_length, "chat", image_keys=True)(samples)
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"].shape[1]  # the second row is padded
+    out = {}
+    for impl in ("eager", "flex_attention"):
+        torch.manual_seed(0)
+        vc = VisualComprehension(with_attention(llava, impl), ComprehensionConfig(pool_size=16, pool_init="unit",
+                                                                                 attention=mode)).eval()
+        with torch.no_grad():
+            out[impl] = vc(**batch)
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(out["flex_attention"]["logits"][real], out["eager"]["logits"][real], atol=1e-5)
+    for key in ("lm_loss", "recon_loss"):
+        assert torch.allclose(out["flex_attention"][key], out["eager"][key], atol=1e-6), key

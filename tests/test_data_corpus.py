@@ -59,6 +59,13 @@ def test_the_broken_corpus_trains_through_with_exact_counts(backbones, tmp_path)
     # collator's own 2 skips); a record written from SkipMonitor.counts() has only the reasons
     assert counts.pop("unreadable", corpus.skipped - 2) == corpus.skipped - 2
     assert counts == dict(corpus.expected)
+    # the log entries: total skips, and each reason, incl. both max-length skips and the truncations
+    logged = next(h for h in record["log_history"] if "loss" in h)
+    assert logged["data/skipped"] == corpus.skipped
+    by_reason = {k.split("/", 2)[2]: v for k, v in logged.items() if k.startswith("data/skipped/")}
+    assert by_reason == corpus.expected
+    assert by_reason["image_beyond_max_length"] == by_reason["answer_beyond_max_length"] == 1
+    assert by_reason["truncated_text"] == 1  # kept, cut at max_length, not a skip
 
 
 def test_the_corpus_through_dataset_collator_and_monitor(tiny_llava, tmp_path):

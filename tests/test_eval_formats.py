@@ -129,6 +129,36 @@ def test_mmbench_circular_expansion_rotates_options(mmbench_tsv):
     assert first.image is by_id["0"].image
 
 
+def test_mmbench_circular_run_cut_by_limit_scores_the_copies_it_has(mmbench_tsv, tmp_path):
+    """`victor eval --benchmark mmbench-circular --limit N` can end inside a question's copies: that
+    question is judged on the copies that were run, and counts as one question."""
+    items = BENCHMARKS["mmbench-circular"].load(mmbench_tsv, None)
+    gold = {it.prompt: it.answer for it in items}
+    ids = [it.id for it in items]
+    assert ids[:5] == ["0", "1000000", "2000000", "1", "1000001"]  # question 0 (3 options), then 1 (2 options)
+
+    def answers(wrong=()):
+        def generate(images, prompts):
+            return [("A" if gold[p] != "A" else "B") if p in wrong else gold[p] for p in prompts]
+        return generate
+
+    run = run_benchmark("mmbench-circular", mmbench_tsv, None, answers(), tmp_path / "right", limit=4,
+                        progress=False)
+    assert run["n"] == 4 and run["limit"] == 4
+    assert run["metrics"]["n_questions"] == 2 and run["metrics"]["circular_accuracy"] == 1.0
+    # a wrong answer on the one copy question 1 has fails it; on a copy of question 0, fails that one
+    one_copy = [it.prompt for it in items if it.id == "1"]
+    run = run_benchmark("mmbench-circular", mmbench_tsv, None, answers(one_copy), tmp_path / "q1", limit=4,
+                        progress=False)
+    assert run["metrics"]["circular_accuracy"] == 0.5 and run["metrics"]["accuracy"] == 0.75
+    copy = [it.prompt for it in items if it.id == "2000000"]
+    run = run_benchmark("mmbench-circular", mmbench_tsv, None, answers(copy), tmp_path / "q0", limit=5,
+                        progress=False)
+    assert run["metrics"]["n_questions"] == 2 and run["metrics"]["circular_accuracy"] == 0.5
+    assert run["tables"]["category"]["color"]["circular_accuracy"] == 0.0
+    assert run["tables"]["category"]["shape"] == {"n": 2, "accuracy": 1.0, "circular_accuracy": 1.0, "n_questions": 1}
+
+
 def test_mmbench_submission_tsv(mmbench_tsv, tmp_path):
     spec = BENCHMARKS["mmbench"]
     items = spec.load(mmbench_tsv, None)
@@ -278,6 +308,8 @@ def test_vqav2_questions_and_annotations(tmp_path):
     assert [it.id for it in spec.load(tmp_path, "/coco")] == ["262148000", "262148001"]  # directory form
     result = spec.score(items, {"262148000": "Two.", "262148001": "Yes"})
     assert result["metrics"]["vqa_accuracy"] == pytest.approx((0.6 + 1.0) / 2)
+    wrong = spec.score(items, {"262148000": "Four.", "262148001": "No"})
+    assert wrong["metrics"]["vqa_accuracy"] == 0.0 and wrong["tables"]["answer_type"]["yes/no"]["accuracy"] == 0.0
     assert result["tables"]["answer_type"]["number"]["accuracy"] == pytest.approx(0.6)
     spec.write_submission(items, {"262148000": "Two.", "262148001": "Yes"}, tmp_path / "sub.json")
     assert json.loads((tmp_path / "sub.json").read_text()) == [
@@ -323,6 +355,10 @@ def test_scienceqa_llava_json_with_problems(tmp_path):
     assert items[0].answer == "C" and items[0].meta["subject"] == "natural science"
     assert items[0].image == str(tmp_path / "images" / "test" / "4" / "image.png")
     assert spec.score(items, {"4": "C"})["metrics"]["accuracy"] == 1.0
+    for wrong in ("A", "B", "The answer is B.", "shiny", "sticky"):  # gold C (soft)
+        assert spec.score(items, {"4": wrong})["metrics"]["accuracy"] == 0.0, wrong
+    assert spec.score(items, {"4": "soft"})["metrics"]["accuracy"] == 1.0  # the option's text
+    assert spec.score(items, {})["metrics"]["n_missing"] == 1
 
 
 def test_scienceqa_problems_json_and_jsonl(tmp_path):
@@ -341,6 +377,10 @@ def test_scienceqa_problems_json_and_jsonl(tmp_path):
     assert [it.id for it in items] == ["a"]
     assert items[0].prompt == "Pick one\nA. x\nB. y\n" + MC_SUFFIX and items[0].answer == "B"
     assert items[0].image.convert("RGB").getpixel((0, 0)) == (0, 255, 0)
+    two = [*items, *spec.load(tmp_path, tmp_path / "test")]  # "a" (gold B) and "4" (gold C)
+    result = spec.score(two, {"a": "B", "4": "A"})
+    assert result["metrics"]["accuracy"] == 0.5
+    assert result["tables"]["subject"] == {"natural science": {"n": 1, "accuracy": 0.0}, "s": {"n": 1, "accuracy": 1.0}}
 
 
 def test_mmstar_jsonl_export(tmp_path):

@@ -51,10 +51,37 @@ OPTIONS = {"A": "red", "B": "blue", "C": "light blue", "D": "a cat"}
         (None, None),
         ("I don't know", None),
         ("green", None),
+        # cases each rule alone decides (found by mutation testing, see docs/testing.md)
+        ("B. Not C.", "B"),  # a delimited leading letter wins over other letters in the text
+        ("**B or C", None),  # markdown before an undelimited letter is not a delimiter
+        ("b) the second one", "B"),
+        ("(c) the third one", "C"),
+        ("'b'", "B"),
+        ("`b`", "B"),
+        ("the answer is b.", "B"),
+        ("the answer is b, the blue one", "B"),
+        ("the answer is b) blue", "B"),
+        ("the answer is b] blue", "B"),
+        ("the answer is b: blue", "B"),
+        ("the answer is b; blue", "B"),
+        ("the answer is b!", "B"),
+        ("The answer is A cat.", "D"),  # "A" followed by a lowercase word is the article
+        ("Option E is wrong; the answer is B, not C", "B"),  # a keyword naming no option is passed over
+        ("Either B or C, the blue one", None),  # two standalone letters: ambiguous, whatever the text says
+        ("It is light blue.", "C"),  # "blue" inside "light blue": the more specific option wins
     ],
 )
 def test_extract_choice_table(text, expected):
     assert M.extract_choice(text, OPTIONS) == expected
+
+
+def test_extract_choice_option_texts_edge_cases():
+    assert M.extract_choice("blue", {"A": "blue", "B": "Blue", "C": "red"}) is None  # two options, same text
+    assert M.extract_choice("green", {"A": "?", "B": "blue"}) is None  # an option with no words matches nothing
+    assert M.extract_choice("none", {"A": None, "B": "blue"}) is None  # a missing option text is not "none"
+    assert M.extract_choice("a t shirt", {"A": "t-shirt", "B": "hat"}) == "A"  # punctuation is a space
+    nine = {letter: f"thing {letter.lower()}" for letter in "ABCDEFGHI"} | {"C": "cats"}
+    assert M.extract_choice("I like cats", nine) == "C"  # "I" + lowercase word is the pronoun, not option I
 
 
 def test_extract_choice_respects_number_of_options():
@@ -78,6 +105,8 @@ def test_extract_choice_respects_number_of_options():
         ("NO", "yes"),  # case-sensitive word test, as in LLaVA eval_pope.py
         ("Nope", "yes"),
         ("", "yes"),
+        (None, "yes"),
+        ("There is\nno dog", "yes"),  # the reference splits on single spaces only
     ],
 )
 def test_pope_yes_no(text, expected):
@@ -101,6 +130,10 @@ def test_binary_metrics_degenerate_is_zero_not_error():
     m = M.binary_metrics(["no", "no"], ["no", "no"])
     assert m["precision"] == 0.0 and m["recall"] == 0.0 and m["f1"] == 0.0
     assert m["accuracy"] == 1.0 and m["yes_ratio"] == 0.0
+    empty = M.binary_metrics([], [])
+    assert (empty["n"], empty["accuracy"], empty["yes_ratio"], empty["f1"]) == (0, 0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match=r"preds \(1\) and golds \(2\) differ in length"):
+        M.binary_metrics(["yes"], ["yes", "no"])
 
 
 @pytest.mark.parametrize(
@@ -120,6 +153,10 @@ def test_binary_metrics_degenerate_is_zero_not_error():
         ("none", "0"),
         ("  ten\n", "10"),
         ("Whats up?", "what's up"),
+        ("t-shirt -red", "tshirt red"),  # a mark touching a space anywhere is deleted everywhere
+        ("t-shirt- red", "tshirt red"),
+        ("red\tcar", "red car"),
+        (None, ""),
     ],
 )
 def test_normalize_vqa_answer(raw, normalised):
@@ -139,6 +176,8 @@ def test_vqa_soft_accuracy_leave_one_out_differs_from_simple_min():
     # 1 match: 9 subsets keep it (1/3), 1 loses it (0) -> 0.3
     assert M.vqa_soft_accuracy("A dog", ["dog"] + ["cat"] * 9) == pytest.approx(0.3)
     assert M.vqa_soft_accuracy("bird", ["dog"] * 10) == 0.0
+    with pytest.raises(ValueError, match="^vqa_soft_accuracy needs at least one reference answer$"):
+        M.vqa_soft_accuracy("dog", [])
 
 
 def test_gqa_exact_match_and_short_answers():
@@ -149,6 +188,8 @@ def test_gqa_exact_match_and_short_answers():
     assert M.normalize_gqa_answer("Left.") == "left"
     assert M.normalize_short_answer("Three.") == "3"
     assert M.normalize_short_answer("none") == "none"
+    assert M.normalize_gqa_answer(None) == "" and not M.gqa_exact_match(None, "None")
+    assert M.normalize_gqa_answer("TAX.") == "tax"
 
 
 def test_accuracy_and_grouping():
@@ -160,7 +201,7 @@ def test_accuracy_and_grouping():
     assert table["a"] == {"n": 1, "accuracy": 0.0}
     assert table["b"] == {"n": 2, "accuracy": 0.5}
     assert table["unknown"] == {"n": 1, "accuracy": 1.0}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"groups \(1\) and correct \(2\) differ in length"):
         M.grouped_accuracy(["a"], [1, 0])
 
 

@@ -13,6 +13,11 @@ from victor.tiny.backbones import save_backbones
 from victor.train.run import train_from_recipe
 
 RECIPES = resources.files("victor") / "recipes"
+# what each published recipe sets for stage 1.5 beyond the shared settings
+STAGE15 = {"croc-7b": {"attention": "prefix", "recon_head": "transformer", "recon_target": "projector",
+                       "recon_positions": "all"},
+           "victor-7b": {"attention": "causal", "recon_head": "linear", "recon_target": "projector",
+                         "recon_positions": "all"}}
 
 
 @pytest.mark.parametrize("name", ["croc-7b", "victor-7b", "tiny"])
@@ -68,9 +73,25 @@ def test_recipe_code_path_with_tiny_stand_ins(name, vision, llm, tmp_path):
         train_from_recipe(RECIPES / name / f"{stage}.yaml",
                           small + ["--init_from", str(out[prev]), "--output_dir", str(out[stage])])
     record = json.loads((out["stage1_5"] / "victor_stage.json").read_text())
-    assert record["trainable_parameters"]["vision"] == (0 if name == "croc-7b" else record["trainable_parameters"]["vision"])
-    assert (record["trainable_parameters"]["vision"] > 0) == (name == "victor-7b")
-    assert "pool" in load_file(str(out["stage1_5"] / "comprehension.safetensors"))
+    trainable = record["trainable_parameters"]
+    assert (trainable["vision"] > 0) == (name == "victor-7b")
+    # the recipe's stage-1.5 settings are the ones the run used (pool size from the command line)
+    effective = record["comprehension_config"]
+    assert {k: effective[k] for k in STAGE15[name]} == STAGE15[name]
+    assert (effective["pool_size"], effective["mask_ratio"], effective["matching"]) == (16, 0.75, "hungarian")
+    assert (effective["recon_weight"], effective["recon_beta"], effective["pool_lr"]) == (10.0, 0.01, 1.5e-4)
+    # ... and built the head they name: its saved tensors, and exactly those trained
+    extra = load_file(str(out["stage1_5"] / "comprehension.safetensors"))
+    head = {k[len("head."):]: tuple(v.shape) for k, v in extra.items() if k.startswith("head.")}
+    hidden, n_visual = 64, 16  # the stand-in LLM's width; (32 / 8)^2 patches
+    assert extra["pool"].shape == (16, hidden) and trainable["pool"] == 16 * hidden
+    assert head["proj.weight"] == (hidden, hidden)  # recon_target: projector (the LLM's width)
+    if name == "croc-7b":  # learned positions + one transformer layer + linear
+        assert head["positions"] == (n_visual, hidden) and head["layer.self_attn.in_proj_weight"] == (3 * hidden, hidden)
+        assert head["layer.linear1.weight"] == (4 * hidden, hidden)
+    else:
+        assert set(head) == {"proj.weight", "proj.bias"}
+    assert trainable["head"] == sum(extra[f"head.{k}"].numel() for k in head)
     model = AutoModelForImageTextToText.from_pretrained(out["stage2"])
     assert model.config.model_type == "victor_llava"  # both recipes normalise the projector
     assert model.config.text_config.model_type == llm

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainerCallback
 
 from victor.config import parse_recipe
-from victor.train.run import train_from_recipe
+from victor.train.run import train_from_recipe, train_stage
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
 
@@ -51,18 +51,43 @@ def changed(before, after, part):
     return any(not torch.equal(before[k], after[k]) for k in before if part in k)
 
 
+class KeepModel(TrainerCallback):
+    """Holds on to the model the Trainer trained, as it is in memory when training ends."""
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+class StepsRun(TrainerCallback):
+    """The global step after each optimizer step this process runs."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 @pytest.fixture(scope="module")
-def stage_outputs(backbones, data, tmp_path_factory):
+def runs(backbones, data, tmp_path_factory):
+    """Stages 1, 1.5 and 2 in a row; for 1.5 and 2 also the trained model as it was in memory at the end."""
     out = tmp_path_factory.mktemp("runs")
     vision, llm = backbones
     s1 = out / "s1"
     train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm] + common(data, s1, "captions.json"))
-    s15 = out / "s15"
-    train_from_recipe(None, ["--stage", "1.5", "--init_from", str(s1), "--pool_size", "32", "--attention", "prefix",
-                             "--recon_head", "transformer", "--llm_lr", "2e-3"] + common(data, s15, "chat.json", 30, "2e-3"))
-    s2 = out / "s2"
-    train_from_recipe(None, ["--stage", "2", "--init_from", str(s15)] + common(data, s2, "chat.json", 48, "3e-3"))
-    return s1, s15, s2
+    s15, keep15 = out / "s15", KeepModel()
+    train_stage(parse_recipe(None, ["--stage", "1.5", "--init_from", str(s1), "--pool_size", "32", "--attention",
+                                    "prefix", "--recon_head", "transformer", "--llm_lr", "2e-3"]
+                             + common(data, s15, "chat.json", 30, "2e-3")), callbacks=[keep15])
+    s2, keep2 = out / "s2", KeepModel()
+    train_stage(parse_recipe(None, ["--stage", "2", "--init_from", str(s15)] + common(data, s2, "chat.json", 48, "3e-3")),
+                callbacks=[keep2])
+    return {"paths": (s1, s15, s2), "trained": {"1.5": keep15.model.eval(), "2": keep2.model.eval()}}
+
+
+@pytest.fixture(scope="module")
+def stage_outputs(runs):
+    return runs["paths"]
 
 
 def test_stage1_trains_only_the_projector_and_loss_falls(stage_outputs, tiny_llava):
@@ -111,6 +136,36 @@ def test_stage2_checkpoint_reloads_with_identical_logits(stage_outputs):
     assert "blue" in answer, answer  # it learned the one fact in the data
 
 
+def blue_image_inputs(out):
+    processor = AutoProcessor.from_pretrained(out)
+    text = processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "describe the image in detail ."}]}], add_generation_prompt=True)
+    return processor(text=text, images=Image.new("RGB", (32, 32), COLOURS["blue"]), return_tensors="pt")
+
+
+def test_saved_checkpoints_hold_the_trained_models(runs):
+    """What each stage saves is the model it trained: reloaded, the same weights and the same logits."""
+    _, s15, s2 = runs["paths"]
+    inputs = blue_image_inputs(s2)
+    trained = runs["trained"]["2"]
+    reloaded = LlavaForConditionalGeneration.from_pretrained(s2).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, trained(**inputs).logits)
+    trained = runs["trained"]["1.5"]  # VisualComprehension: LLaVA as a stock checkpoint, pool + head beside it
+    reloaded = LlavaForConditionalGeneration.from_pretrained(s15).eval()
+    live, saved = trained.llava.state_dict(), reloaded.state_dict()
+    assert live.keys() == saved.keys()
+    for key in live:
+        assert torch.equal(saved[key], live[key]), key
+    extra = load_file(str(s15 / "comprehension.safetensors"))
+    assert extra.keys() == trained.extra_state_dict().keys()
+    for key, value in trained.extra_state_dict().items():
+        assert torch.equal(extra[key], value), key
+    assert int(extra["usage"].sum()) == 30 * 8 * 12  # 30 steps x 8 images x 12 masked tokens, each counted
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, trained.llava(**inputs).logits)
+
+
 def test_per_module_learning_rates(backbones, data, tmp_path):
     from victor.model.assemble import build_model
     from victor.train.stages import apply_freezing, resolve_stage
@@ -145,19 +200,33 @@ def test_stage15_resume_from_checkpoint_is_exact(backbones, data, stage_outputs,
     def run(out, extra=()):
         args = common(data, out, "chat.json", 8, "2e-3")
         args[args.index("--save_strategy") + 1] = "steps"
-        train_from_recipe(None, base + args + list(extra))
+        args[args.index("--logging_steps") + 1] = "1"
+        steps = StepsRun()
+        train_stage(parse_recipe(None, base + args + list(extra)), callbacks=[steps])
+        return steps.steps
 
     import shutil
 
-    run(tmp_path / "full")
+    assert run(tmp_path / "full") == list(range(1, 9))
     # what a run killed after step 4 leaves behind is the same checkpoint-4
     shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
-    run(tmp_path / "resumed", ["--resume_from_checkpoint", str(tmp_path / "resumed" / "checkpoint-4")])
+    steps = run(tmp_path / "resumed", ["--resume_from_checkpoint", str(tmp_path / "resumed" / "checkpoint-4")])
+    assert steps == [5, 6, 7, 8]  # the optimizer steps this process took
+    full, resumed = (json.loads((tmp_path / d / "victor_stage.json").read_text()) for d in ("full", "resumed"))
+    assert (full["resumed_from"], full["steps_run"]) == (None, 8)
+    assert resumed["resumed_from"] == str(tmp_path / "resumed" / "checkpoint-4") and resumed["steps_run"] == 4
+    # steps 1-4 come from the checkpoint's history, 5-8 were run again: all as in the uninterrupted run
+    logged = {h["step"]: h for h in resumed["log_history"] if "lm_loss" in h}
+    assert sorted(logged) == list(range(1, 9))
+    for h in full["log_history"]:
+        if "lm_loss" in h:
+            for key in ("loss", "lm_loss", "recon_loss", "pool/rows_used_run", "match/mean_cost"):
+                assert h[key] == logged[h["step"]][key], (h["step"], key)
     for name in ("model.safetensors", "comprehension.safetensors"):
         a, b = load_file(str(tmp_path / "full" / name)), load_file(str(tmp_path / "resumed" / name))
         assert a.keys() == b.keys()
         for key in a:
-            assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), (name, key)
+            assert torch.equal(a[key], b[key]), (name, key)  # bit for bit, as the README says
 
 
 def test_two_process_ddp_stage15_loss_composition(stage_outputs, data, tmp_path):

@@ -130,3 +130,14 @@ def test_cli_eval_likelihood_with_a_real_checkpoint(tiny_llava, world, tmp_path,
     summary = json.loads((tmp_path / "ckpt" / "eval" / "pope-likelihood" / "summary.json").read_text())
     assert summary["scoring"] == "likelihood" and 0.0 <= summary["metrics"]["accuracy"] <= 1.0
     assert "f1_category_mean" in capsys.readouterr().out
+
+
+def test_compare_prints_log_likelihood_in_nats(tmp_path):
+    from victor.eval.run import compare_runs
+
+    for name, value in (("a", -1.5), ("b", -1.25)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({
+            "benchmark": "gqa", "n": 3, "metrics": {"gold_mean_loglik": value}, "report_metrics": ["gold_mean_loglik"]}))
+    table = compare_runs([tmp_path / "a", tmp_path / "b"])
+    assert "-1.500" in table and "+0.250" in table

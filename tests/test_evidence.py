@@ -54,3 +54,16 @@ def test_region_labels_follow_the_grid():
     labels = region_labels(scene)
     assert labels["occupancy"] == [1, 0, 0, 0, 1, 0, 0, 0, 0]
     assert labels["colour"][0] == 0 and labels["shape"][4] == 5 and labels["colour"][1] == -1
+
+
+def test_reconstruction_head_recovers_a_linear_map():
+    import torch
+
+    from victor.demo.recon import fit_head
+
+    torch.manual_seed(0)
+    hidden = torch.randn(200, 9, 16)
+    true = torch.randn(16, 8)
+    target = hidden @ true + 0.5
+    head = fit_head(hidden, target)
+    assert torch.allclose(head(hidden[:3]), target[:3], rtol=1e-2, atol=1e-2)  # a small ridge shrinks a little

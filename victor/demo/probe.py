@@ -111,6 +111,10 @@ def probe_model(model_dir: str | Path, world: WorldPaths, fit: list[str], score:
     """{layer: {attribute: {"accuracy", "majority", "alpha", "correct": {unit id: 0/1}}}} for one model."""
     scenes = load_scenes(world.root)
     names, states = visual_states(model_dir, [world.images / n for n in fit + score])
+    if states.shape[2] != 9:
+        raise ValueError(f"{model_dir}: {states.shape[2]} visual tokens per image; the probe reads region r from "
+                         "visual token r, so it needs one token per region of the 3x3 grid (the tiny recipe's "
+                         "96-pixel input in 32-pixel patches)")
     labels = {a: np.array([region_labels(scenes[n])[a] for n in fit + score]) for a in ATTRIBUTES}
     is_fit = np.arange(len(fit) + len(score)) < len(fit)
     units = np.array([[f"{n}#{r}" for r in range(9)] for n in fit + score])

@@ -3,15 +3,17 @@
 For one stage-1.5 checkpoint: mask each image's visual tokens as stage 1.5 does (the same
 keyed masks for every arm), replace them by their matched pool rows, run the LLM (under the
 arm's attention mode, on the chat prompt up to the answer, which is all a visual position sees)
-and read the final hidden states at the visual positions. A linear head (the recipe's head
-kind) is then fitted on frozen states of training images with the budget the victor arm's head
-had in stage 1.5 (same steps, batch size, learning rate, loss and positions), and scored on the
-held-out images: SmoothL1 error per masked and per visible position. A ViCToR arm's pool is
-its own; the baseline has none, so its pool is seeded exactly as stage 1.5 seeds one (real
-visual tokens of the first training images). A ViCToR arm is also scored with the head it
-trained in stage 1.5 ("own head"). "constant" is the error of always predicting the mean target;
-"relative" divides the fitted head's errors by the constant one's masked error (each arm's target
-is its own projector's output, which stage 1.5 moves differently per arm).
+and read the final hidden states at the visual positions. A linear head is then fitted in closed
+form (least squares) on the frozen states of as many training images as the victor arm's head
+saw in stage 1.5 (steps x batch size), and scored on the held-out images: SmoothL1 error (the
+stage-1.5 loss) per masked and per visible position. A closed-form fit removes the optimiser
+from the comparison: a fresh head trained by SGD for the stage's few steps does not even reach
+the error of a constant prediction. A ViCToR arm's pool is its own; the baseline has none, so its
+pool is seeded exactly as stage 1.5 seeds one (real visual tokens of the first training images).
+A ViCToR arm is also scored with the head it trained in stage 1.5 ("own"). "constant" is the
+error of always predicting the mean target; "relative" divides the fitted head's errors by the
+constant one's masked error (each arm's target is its own projector's output, which stage 1.5
+moves differently per arm).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from victor.data.collate import LlavaCollator
 from victor.data.llava import LlavaDataset
 from victor.infer import user_message
 from victor.model.assemble import load_model
-from victor.model.comprehension import ReconstructionHead, VisualComprehension
+from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import EXTRA_STATE, load_extra_state
 from victor.train.engine import first_visual_tokens
 
@@ -58,23 +60,17 @@ def masked_states(vc: VisualComprehension, processor, images: list[Path], keys: 
     return torch.cat(hiddens), torch.cat(targets), torch.cat(masks)
 
 
-def fit_head(vc: VisualComprehension, hidden, target, mask, steps: int, batch_size: int, lr: float, seed: int):
-    """A fresh head of the arm's kind, trained on frozen states with the stage-1.5 loss."""
-    torch.manual_seed(seed)
-    cfg, lcfg = vc.settings, vc.llava.config
-    head = ReconstructionHead(cfg.recon_head, hidden.shape[-1], target.shape[-1], vc.n_visual,
-                              lcfg.text_config.num_attention_heads)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
-    order = torch.randperm(len(hidden), generator=torch.Generator().manual_seed(seed))
-    for step in range(steps):
-        pick = order[(torch.arange(batch_size) + step * batch_size) % len(order)]
-        error = vc.reconstruction_error(head(hidden[pick]), target[pick])
-        weights = mask[pick].float() if cfg.recon_positions == "masked" else torch.ones_like(error)
-        loss = (error * weights).sum() / weights.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return head.eval()
+def fit_head(hidden: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3):
+    """A linear head (with bias) fitted in closed form: least squares from hidden states to targets over
+    every visual position of the fit images, a small ridge relative to the features' scale."""
+    x = hidden.reshape(-1, hidden.shape[-1]).double()
+    y = target.reshape(-1, target.shape[-1]).double()
+    z = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    gram = z.T @ z
+    penalty = ridge * gram.diagonal()[:-1].mean() * torch.eye(z.shape[1], dtype=x.dtype)
+    penalty[-1, -1] = 0
+    weights = torch.linalg.solve(gram + penalty, z.T @ y).float()
+    return lambda h: torch.cat([h, torch.ones(*h.shape[:-1], 1)], dim=-1) @ weights
 
 
 @torch.no_grad()
@@ -88,7 +84,7 @@ def errors(vc, head, hidden, target, mask, names: list[str]) -> dict:
 
 
 def reconstruction(stage15: str | Path, world, config: ComprehensionConfig, steps: int, batch_size: int,
-                   lr: float, seed: int = 0) -> dict:
+                   seed: int = 0) -> dict:
     """Held-out reconstruction errors of one stage-1.5 checkpoint (see the module docstring)."""
     model, processor = load_model(str(stage15))
     model.eval()
@@ -107,7 +103,8 @@ def reconstruction(stage15: str | Path, world, config: ComprehensionConfig, step
     val = sorted(p.name for p in world.images.glob("val_*.png"))
     fit = masked_states(vc, processor, [world.images / n for n in fit_names], [int(n[6:11]) for n in fit_names])
     held = masked_states(vc, processor, [world.images / n for n in val], [VAL_KEY + int(n[4:9]) for n in val])
-    head = fit_head(vc, *fit, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    positions = fit[2] if config.recon_positions == "masked" else torch.ones_like(fit[2])
+    head = fit_head(fit[0][positions], fit[1][positions])
     mean_target = fit[1].mean(dim=(0, 1))
     out = {"fitted": errors(vc, head, *held, val),
            "constant": errors(vc, None, mean_target.expand_as(held[1]), held[1], held[2], val)}

@@ -63,9 +63,10 @@ Difference = first arm minus second (the reference), per question, averaged over
 
 SmoothL1 error (beta 0.01, mean over channels) of reconstructing the projector's normalised
 visual tokens from the LLM's final hidden states, on masked and visible positions of the
-held-out images (75% masked, replaced by matched pool rows). `fitted`: a fresh linear head
-trained on frozen hidden states of training images with the victor head's stage-1.5 budget
-(same steps, batch, learning rate and loss); `own`: the head victor trained in stage 1.5;
+held-out images (75% masked, replaced by matched pool rows). `fitted`: a linear head fitted in
+closed form (least squares) on the frozen hidden states of as many training images as the victor
+head saw in stage 1.5 (steps x batch), the same for every arm; `own`: the head victor trained in
+stage 1.5;
 `constant`: always predicting the mean target; `relative`: fitted error / constant masked error
 (each arm reconstructs its own projector's tokens, and stage 1.5 moves the projectors
 differently, so raw errors are on different scales; the verdict uses both). The baseline has no

@@ -303,9 +303,8 @@ class Demo:
         recipe = parse_recipe(recipe_file("stage1_5.yaml"))
         options = {"pool_size": self.preset["pool_size"]} | (arm.options if arm.comprehension else {})
         config = dataclasses.replace(recipe.comprehension, **options)
-        lr = config.head_lr or recipe.training.learning_rate
         result = self.timed("reconstruction", reconstruction, s15, self.world, config, steps=self.preset["stage15"],
-                            batch_size=recipe.training.per_device_train_batch_size, lr=lr, seed=seed)
+                            batch_size=recipe.training.per_device_train_batch_size, seed=seed)
         cache.write_text(json.dumps(result))
         return result
 

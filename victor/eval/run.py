@@ -270,7 +270,10 @@ def compare_runs(paths: list[str | os.PathLike]) -> str:
                 a, b = values
                 if isinstance(a, (int, float)) and isinstance(b, (int, float)):
                     scale = 1 if (metric.startswith("n_") or metric in _COUNT_KEYS) else 100
-                    row.append(f"{scale * (b - a):+.2f}" if scale == 100 else f"{b - a:+d}")
+                    if "loglik" in metric:  # nats, not a rate
+                        row.append(f"{b - a:+.3f}")
+                    else:
+                        row.append(f"{scale * (b - a):+.2f}" if scale == 100 else f"{b - a:+d}")
                 else:
                     row.append("-")
             rows.append(row)

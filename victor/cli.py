@@ -61,6 +61,19 @@ def _eval(args):
     if not (args.model and args.benchmark and args.data):
         raise SystemExit("victor eval: give --model, --benchmark and --data (or --suite and --data-root)")
     from victor.eval.run import format_summary_table, run_benchmark
+
+    if args.scoring == "likelihood":
+        from victor.eval.likelihood import run_likelihood
+        from victor.infer import Scorer
+
+        out = args.output or os.path.join(args.model, "eval", f"{args.benchmark}-likelihood")
+        summary = run_likelihood(args.benchmark, args.data, args.image_root, Scorer(args.model), out,
+                                 batch_size=args.batch_size, limit=args.limit)
+        print(format_summary_table(summary))
+        if "metrics_option_text" in summary:
+            print(format_summary_table({**summary, "benchmark": f"{summary['benchmark']} (by option text)",
+                                        "metrics": summary["metrics_option_text"], "tables": {}}))
+        return
     from victor.infer import Generator
 
     gen = Generator(args.model)
@@ -155,6 +168,12 @@ def _demo(argv):
     demo_main(argv)
 
 
+def _probe(argv):
+    from victor.demo.probe import main as probe_main
+
+    probe_main(argv)
+
+
 def _bench(argv):
     from victor.bench import main as bench_main
 
@@ -171,7 +190,8 @@ def _estimate_memory(argv):
         raise SystemExit(f"victor estimate-memory: {err}") from None
 
 
-PASS_THROUGH = {"train": _train, "demo": _demo, "bench": _bench, "estimate-memory": _estimate_memory}  # these parse their own options
+PASS_THROUGH = {"train": _train, "demo": _demo, "probe": _probe, "bench": _bench,
+                "estimate-memory": _estimate_memory}  # these parse their own options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, help="first N questions of each benchmark")
     s.add_argument("--max-new-tokens", type=int,
                    help="default 16 for --benchmark; per benchmark for --suite (128, free-text ones 1024)")
+    s.add_argument("--scoring", choices=("generate", "likelihood"), default="generate",
+                   help="generate an answer and parse it (default), or compare the log-likelihoods of the "
+                        "options / yes-no (open answers: the gold answer's mean token log-likelihood)")
 
     s = sub.add_parser("convert", help="the authors' released checkpoint (croc_llama / llava_llama) -> ours")
     s.add_argument("src", help="the released checkpoint: a directory (config.json, weights, tokenizer) or hub id")
@@ -244,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+")
 
     sub.add_parser("demo", help="the main job: tiny world -> stages -> eval -> report", add_help=False)
+    sub.add_parser("probe", help="linear probes of region colour / shape / occupancy on the LLM's visual "
+                                 "hidden states (tiny world)", add_help=False)
     sub.add_parser("estimate-memory", help="per-GPU memory of a recipe's stage: --gpus N --zero 2|3",
                    add_help=False)
     sub.add_parser("bench", help="timing: `victor bench step`, `victor bench matching`", add_help=False)

@@ -1,5 +1,6 @@
-"""The demo's figures: training curves, pool utilisation, accuracy per question type, and the
-masked patches of a few held-out images with the pool rows that replaced them."""
+"""The demo's figures: training curves, pool utilisation, accuracy per question type, probe
+accuracy per layer, sample efficiency, and the masked patches of a few held-out images with the
+pool rows that replaced them."""
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import load_extra_state
 
 
-def make_figures(res: DemoResults, per_type: dict) -> dict[str, str]:
-    results, arms = res.runs, res.arms
+def make_figures(res: DemoResults, per_type: dict, evidence: dict | None = None) -> dict[str, str]:
+    results = res.runs
+    arms = [(n, c) for n, c in res.arms if res.roles.get(n, "arm") == "arm"]  # controls reuse these curves
     try:
         import matplotlib
 
@@ -73,10 +75,53 @@ def make_figures(res: DemoResults, per_type: dict) -> dict[str, str]:
     ax.legend(fontsize=7)
     made["accuracy per question type"] = _save(fig, figdir / "accuracy_per_type.png", res.root)
 
+    if evidence and evidence.get("probe"):
+        made["probe accuracy per layer"] = probe_figure(evidence["probe"], figdir, res.root, plt)
+    if evidence and evidence.get("sample_efficiency"):
+        made["sample efficiency"] = efficiency_figure(evidence["sample_efficiency"], figdir, res.root, plt)
+
     # 4. masked patches and the pool rows that replaced them
     victor_arm = next(name for name, comprehension in arms if comprehension)
     made["masked patches"] = masked_patch_figure(res, results[victor_arm, 0]["stage1_5"], figdir, plt)
     return made
+
+
+def probe_figure(probe: dict, figdir: Path, root: Path, plt) -> str:
+    """Probe accuracy against depth (projector, layer 1, ...), one line per arm and checkpoint."""
+    attrs = ("occupancy", "colour", "shape")
+    fig, axes = plt.subplots(1, len(attrs), figsize=(4 * len(attrs), 3.5))
+    lines: dict[str, list] = {}
+    for key, values in probe.items():
+        arm, checkpoint, layer = key.split(" | ")
+        lines.setdefault(f"{arm} ({checkpoint})", []).append((layer, values))
+    for ax, attr in zip(axes, attrs):
+        for label, points in lines.items():
+            ax.errorbar(range(len(points)), [100 * v[attr][0] for _, v in points],
+                        yerr=[100 * v[attr][1] for _, v in points], label=label, capsize=2,
+                        linestyle="--" if "1.5" in label else "-")
+            ax.set_xticks(range(len(points)), [layer for layer, _ in points], fontsize=7)
+        ax.axhline(100 * next(iter(probe.values()))["majority"][attr], color="grey", lw=0.8, ls=":")
+        ax.set(title=f"probe: {attr}", ylabel="accuracy %")
+    axes[0].legend(fontsize=6)
+    return _save(fig, figdir / "probe_per_layer.png", root)
+
+
+def efficiency_figure(efficiency: dict, figdir: Path, root: Path, plt) -> str:
+    """Likelihood-scored accuracy against the share of stage-2 data, per arm."""
+    measures = (("mmbench", "MMBench acc"), ("mmbench_text", "MMBench acc (option text)"), ("pope", "POPE acc"))
+    fig, axes = plt.subplots(1, len(measures), figsize=(4 * len(measures), 3.5))
+    arms: dict[str, list] = {}
+    for key, values in efficiency.items():
+        arm, share = key.split(" | ")
+        arms.setdefault(arm, []).append((float(share), values))
+    for ax, (measure, title) in zip(axes, measures):
+        for arm, points in arms.items():
+            points.sort(key=lambda p: p[0])
+            ax.errorbar([100 * p for p, _ in points], [100 * v[measure][0] for _, v in points],
+                        yerr=[100 * v[measure][1] for _, v in points], label=arm, marker="o", capsize=2)
+        ax.set(title=title, xlabel="% of stage-2 data", ylabel="accuracy %")
+    axes[0].legend(fontsize=7)
+    return _save(fig, figdir / "sample_efficiency.png", root)
 
 
 def _save(fig, path: Path, root: Path) -> str:

@@ -80,13 +80,17 @@ def _load_image(item: EvalItem):
     return item.image.convert("RGB")
 
 
-def _check_run_info(output_dir: Path, spec: BenchmarkSpec, data: Any) -> None:
+def _check_run_info(output_dir: Path, spec: BenchmarkSpec, data: Any, scoring: str = "generate") -> None:
+    """Record what this directory holds; refuse to resume another benchmark's or scoring's run."""
     info_path = output_dir / RUN_INFO
-    info = {"benchmark": spec.name, "data": str(data)}
+    info = {"benchmark": spec.name, "data": str(data)} | ({"scoring": scoring} if scoring != "generate" else {})
     if info_path.exists():
         old = json.loads(info_path.read_text(encoding="utf-8"))
         if old.get("benchmark") != spec.name:
             raise ValueError(f"{output_dir} holds a '{old.get('benchmark')}' run; refusing to resume it as '{spec.name}'")
+        if old.get("scoring", "generate") != scoring:
+            raise ValueError(f"{output_dir} holds a {old.get('scoring', 'generate')}-scored run; "
+                             f"refusing to resume it with {scoring} scoring")
     else:
         info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
@@ -174,6 +178,8 @@ def _fmt(key: str, value: Any) -> str:
         return str(value)
     if key in _COUNT_KEYS or key.startswith("n_") or isinstance(value, int):
         return str(int(value))
+    if "loglik" in key and isinstance(value, float):  # nats, not a rate
+        return f"{value:.3f}"
     if isinstance(value, float):
         return f"{100 * value:.2f}"
     return str(value)
@@ -264,7 +270,10 @@ def compare_runs(paths: list[str | os.PathLike]) -> str:
                 a, b = values
                 if isinstance(a, (int, float)) and isinstance(b, (int, float)):
                     scale = 1 if (metric.startswith("n_") or metric in _COUNT_KEYS) else 100
-                    row.append(f"{scale * (b - a):+.2f}" if scale == 100 else f"{b - a:+d}")
+                    if "loglik" in metric:  # nats, not a rate
+                        row.append(f"{b - a:+.3f}")
+                    else:
+                        row.append(f"{scale * (b - a):+.2f}" if scale == 100 else f"{b - a:+d}")
                 else:
                     row.append("-")
             rows.append(row)

@@ -1,0 +1,173 @@
+"""Likelihood scoring: benchmarks answered by comparing log-likelihoods, not by generating.
+
+As lmms-eval's loglikelihood tasks and the original SEED-Bench evaluation do, a caller-supplied
+``loglikelihood(images, prompts, continuations) -> [(sum log-prob, n tokens, ...), ...]`` is
+asked how likely each candidate answer is after the item's prompt:
+
+* multiple choice: every option's letter (``"A"``) and, separately, its text; the prediction is
+  the letter with the highest log-likelihood (letters are one token: sum = mean), the
+  text prediction the option whose text has the highest *mean* token log-likelihood (so long
+  options are not penalised for their length, as SEED-Bench ranks options by mean loss).
+  Both are scored by the benchmark's own ``score`` (accuracy, CircularEval, tables);
+* yes/no (POPE): ``"yes"`` against ``"no"``; the higher one is the prediction;
+* open answers (GQA, VQAv2, open RealWorldQA items): the gold answer's mean token
+  log-likelihood (VQAv2: the most frequent of the ten answers), in nats; no prediction.
+
+The run is batched and resumable exactly as :func:`victor.eval.run.run_benchmark`: one record
+per item in ``predictions.jsonl`` (with every candidate's ``[sum, n tokens]``), appended per
+batch, finished ids skipped on a re-run. ``run_info.json`` records ``scoring: likelihood``, so
+a generation run's directory is never resumed as a likelihood run, nor the reverse.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from .registry import get_benchmark
+from .run import PREDICTIONS, SUMMARY, _check_run_info, _load_image, read_predictions
+from .spec import BenchmarkSpec, EvalItem, public_meta
+
+__all__ = ["candidates", "run_likelihood"]
+
+LoglikelihoodFn = Callable[[list, list[str], list[str]], list]
+GROUP_KEYS = ("category", "question_type", "structural", "semantic", "answer_type", "l2-category", "subject")
+
+
+def _gold_text(answer) -> str | None:
+    if answer is None:
+        return None
+    if isinstance(answer, (list, tuple)):
+        return Counter(str(a) for a in answer).most_common(1)[0][0] if answer else None
+    return str(answer)
+
+
+def candidates(spec: BenchmarkSpec, item: EvalItem) -> dict[str, str]:
+    """Candidate name -> continuation text scored for ``item`` (``letter:A``, ``text:A``, ``yes``, ``gold``)."""
+    if spec.kind == "judged":
+        raise ValueError(f"{spec.name}: likelihood scoring applies to multiple-choice, yes/no and "
+                         "short-answer benchmarks, not to judged ones")
+    options = item.meta.get("options") or {}
+    if spec.kind == "multiple_choice" and options and item.meta.get("question_format", "multiple_choice") != "open":
+        return {**{f"letter:{k}": k for k in options}, **{f"text:{k}": str(v) for k, v in options.items()}}
+    if spec.kind == "yes_no":
+        return {"yes": "yes", "no": "no"}
+    gold = _gold_text(item.answer)
+    return {"gold": gold} if gold else {}
+
+
+def decide(item: EvalItem, scores: dict[str, list]) -> dict:
+    """Prediction fields of one item's record from its candidates' ``[sum, n]``."""
+    if not scores:
+        return {"prediction": None}
+    if "gold" in scores:
+        total, n = scores["gold"][:2]
+        return {"prediction": None, "gold_loglik": total / n}
+    if "yes" in scores:
+        return {"prediction": "yes" if scores["yes"][0] >= scores["no"][0] else "no"}
+    letters = {k.split(":", 1)[1]: v for k, v in scores.items() if k.startswith("letter:")}
+    texts = {k.split(":", 1)[1]: v for k, v in scores.items() if k.startswith("text:")}
+    return {"prediction": max(letters, key=lambda k: letters[k][0]),
+            "prediction_text": max(texts, key=lambda k: texts[k][0] / texts[k][1])}
+
+
+def _loglik_table(items: list[EvalItem], values: dict[str, float]) -> dict[str, dict]:
+    tables = {}
+    for key in GROUP_KEYS:
+        groups: dict[str, list[float]] = {}
+        for it in items:
+            if it.id in values and it.meta.get(key) is not None:
+                groups.setdefault(str(it.meta[key]), []).append(values[it.id])
+        if groups:
+            tables[key] = {g: {"n": len(v), "gold_mean_loglik": sum(v) / len(v)} for g, v in sorted(groups.items())}
+    return tables
+
+
+def score_records(spec: BenchmarkSpec, items: list[EvalItem], records: dict[str, dict]) -> dict:
+    """Summary fields (metrics, tables, option-text metrics) from the likelihood records."""
+    predictions = {i: r["prediction"] for i, r in records.items() if r.get("prediction") is not None}
+    gold = {i: r["gold_loglik"] for i, r in records.items() if "gold_loglik" in r}
+    out: dict = {"metrics": {}, "tables": {}}
+    if predictions or spec.kind in ("multiple_choice", "yes_no"):
+        result = spec.score(items, predictions)
+        out["metrics"], out["tables"] = result["metrics"], result.get("tables", {})
+    texts = {i: r["prediction_text"] for i, r in records.items() if r.get("prediction_text") is not None}
+    if texts:
+        result = spec.score(items, texts)
+        out["metrics_option_text"], out["tables_option_text"] = result["metrics"], result.get("tables", {})
+    if gold:
+        out["metrics"]["gold_mean_loglik"] = sum(gold.values()) / len(gold)
+        out["metrics"]["n_gold_scored"] = len(gold)
+        out["tables"].update({f"{k} (gold log-lik)": v for k, v in _loglik_table(items, gold).items()})
+    return out
+
+
+def run_likelihood(
+    name: str,
+    data: str | os.PathLike,
+    image_root: str | os.PathLike | None,
+    loglikelihood: LoglikelihoodFn,
+    output_dir: str | os.PathLike,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score benchmark ``name`` by likelihood (see the module docstring); return the summary.
+
+    ``batch_size`` items go to ``loglikelihood`` together (all their candidates in one call).
+    """
+    spec = get_benchmark(name)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_info(output_dir, spec, data, scoring="likelihood")
+    items = spec.load(data, image_root)
+    if limit is not None:
+        items = items[: int(limit)]
+    if len({it.id for it in items}) != len(items):
+        raise ValueError(f"{data}: duplicate item ids; cannot store predictions by id")
+    wanted = {it.id: candidates(spec, it) for it in items}
+
+    pred_path = output_dir / PREDICTIONS
+    done = read_predictions(pred_path)
+    todo = [it for it in items if it.id not in done]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{spec.name} (likelihood)",
+               disable=not progress, unit="q", dynamic_ncols=True)
+    try:
+        with open(pred_path, "a", encoding="utf-8") as out:
+            for start in range(0, len(todo), max(1, int(batch_size))):
+                batch = todo[start: start + batch_size]
+                images, prompts, conts, owners = [], [], [], []
+                for it in batch:
+                    image = _load_image(it)  # one object per item: its candidates share one forward
+                    for cand, text in wanted[it.id].items():
+                        images.append(image), prompts.append(it.prompt), conts.append(text)
+                        owners.append((it.id, cand))
+                results = loglikelihood(images, prompts, conts) if conts else []
+                if len(results) != len(conts):
+                    raise RuntimeError(f"loglikelihood returned {len(results)} results for {len(conts)} requests")
+                scores: dict[str, dict] = {it.id: {} for it in batch}
+                for (item_id, cand), res in zip(owners, results):
+                    scores[item_id][cand] = [float(res[0]), int(res[1])]
+                for it in batch:
+                    rec = {"id": it.id, "prompt": it.prompt, "answer": it.answer, "meta": public_meta(it),
+                           "scoring": "likelihood", "loglik": scores[it.id], **decide(it, scores[it.id])}
+                    out.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                    done[it.id] = rec
+                out.flush()
+                os.fsync(out.fileno())
+                bar.update(len(batch))
+    finally:
+        bar.close()
+
+    scored = score_records(spec, items, {it.id: done[it.id] for it in items})
+    summary = {"benchmark": spec.name, "kind": spec.kind, "scoring": "likelihood", "data": str(data),
+               "image_root": None if image_root is None else str(image_root), "n": len(items), "limit": limit,
+               "main_metric": spec.main_metric if spec.kind in ("multiple_choice", "yes_no") else "gold_mean_loglik",
+               "report_metrics": list(spec.report_metrics) if spec.kind in ("multiple_choice", "yes_no")
+               else ["gold_mean_loglik"], "scored": True, **scored}
+    (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary

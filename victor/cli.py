@@ -42,6 +42,11 @@ def _train(argv):
         print(train_from_recipe(recipe, overrides))
     except (ConfigError, CheckpointError, DataFormatError, NonFiniteLossError, TooManySkipsError) as err:
         raise SystemExit(f"victor train: {err}") from None
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # join gloo/NCCL threads before the interpreter exits
+            dist.destroy_process_group()
 
 
 def _chat(args):

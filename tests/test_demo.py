@@ -86,6 +86,14 @@ def test_controls_and_verdict_lines(demo_run):
     for line in lines:
         assert "resolves differences beyond" in line and "positive control" in line and "negative control" in line
     assert all(r["n_seeds"] == 2 for r in results["comparisons"])
+    # the verdict section: one line per comparison on the primary measure, controls first, same numbers
+    verdicts = report.split("## Verdict")[1].split("##")[0]
+    lines = [line for line in verdicts.splitlines() if line.startswith("- ")]
+    primary = [r for r in results["comparisons"] if r["measure"] == "open QA: gold answer log-lik"]
+    assert len(lines) == len(primary) == 4
+    assert "(positive control)" in lines[0] and "(negative control)" in lines[1]
+    for row in primary:
+        assert f"- {row['comparison']} ({row['role']}): {format_comparison(row)} nats/token: **{row['verdict']}**" in lines
 
 
 def test_rerun_reuses_finished_stages(demo_run):
@@ -105,6 +113,8 @@ def test_sample_efficiency_adds_stage2_on_shares_of_the_data(demo_run):
     assert run.stdout.count("training ->") == 4  # baseline and victor, 25% and 50%
     results = json.loads((out / "results.json").read_text())
     assert set(results["sample_efficiency"]) == {f"{a} | {f}" for a in ("baseline", "victor") for f in (0.25, 0.5, 1.0)}
+    for values in results["sample_efficiency"].values():  # the primary measure too, scored on every share
+        assert set(values) == {"mmbench", "mmbench_text", "pope", "gqa_loglik"} and values["gqa_loglik"][0] < 0
     report = (out / "report.md").read_text()
     assert "## Sample efficiency" in report and "figures/sample_efficiency.png" in report
     assert len(json.loads((out / "data" / "stage2-25pct.json").read_text())) == 6  # a quarter of 24 records

@@ -95,6 +95,17 @@ def resolution_lines(ev: dict) -> str:
     return "\n".join(lines)
 
 
+def verdict_lines(ev: dict) -> str:
+    """One line per comparison on the primary measure: what the demo concludes, controls first."""
+    from victor.demo.evidence import MEASURES, PRIMARY
+
+    label = MEASURES[PRIMARY][0]
+    order = {"positive control": 0, "negative control": 1, "arm": 2}
+    rows = sorted((r for r in ev["comparisons"] if r["measure"] == label), key=lambda r: order.get(r["role"], 3))
+    return "\n".join(f"- {r['comparison']} ({r['role']}): {format_comparison(r)} {r['unit']}: **{r['verdict']}**"
+                     for r in rows)
+
+
 def probe_table(ev: dict) -> str:
     lines = ["| arm | checkpoint | layer | occupancy | colour | shape |", "|---|---|---|---|---|---|"]
     majority = None
@@ -118,11 +129,13 @@ def recon_table(ev: dict) -> str:
 
 
 def efficiency_table(ev: dict) -> str:
-    lines = ["| arm | share of stage-2 data | MMBench acc | MMBench acc (option text) | POPE acc |", "|---|---|---|---|---|"]
+    lines = ["| arm | share of stage-2 data | MMBench acc | MMBench acc (option text) | POPE acc | open QA gold log-lik |",
+             "|---|---|---|---|---|---|"]
     for key, values in ev["sample_efficiency"].items():
         arm, share = key.split(" | ")
+        loglik = pm(values["gqa_loglik"], 1, 3) if "gqa_loglik" in values else "—"
         lines.append(f"| {arm} | {100 * float(share):.0f}% | {pm(values['mmbench'])} | {pm(values['mmbench_text'])} | "
-                     f"{pm(values['pope'])} |")
+                     f"{pm(values['pope'])} | {loglik} |")
     return "\n".join(lines)
 
 
@@ -166,7 +179,7 @@ def write_report(res: DemoResults) -> Path:
     type_table, per_type = per_type_table(res)
     figures = make_figures(res, per_type, ev)
     tables = {"headline": headline_table(ev, res.roles), "comparisons": comparison_table(ev["comparisons"]),
-              "resolution": resolution_lines(ev), "probe": probe_table(ev),
+              "resolution": resolution_lines(ev), "verdicts": verdict_lines(ev), "probe": probe_table(ev),
               "probe_comparisons": comparison_table(ev["probe_comparisons"], "attribute, checkpoint, layer"),
               "recon": recon_table(ev) if ev["recon"] else "",
               "recon_comparisons": comparison_table(ev["recon_comparisons"]) if ev["recon_comparisons"] else "",
@@ -177,5 +190,5 @@ def write_report(res: DemoResults) -> Path:
     path.write_text(render(res, tables, figures, environment))
     runs = {f"{arm}/seed{seed}": {b: r["eval"][b]["metrics"] for b in BENCHMARKS} for (arm, seed), r in res.runs.items()}
     (res.root / "results.json").write_text(json.dumps({"runs": runs, **ev}, indent=1))
-    print("\n" + "\n\n".join(tables[k] for k in ("headline", "comparisons", "resolution", "probe")) + "\n")
+    print("\n" + "\n\n".join(tables[k] for k in ("headline", "verdicts", "comparisons", "resolution", "probe")) + "\n")
     return path

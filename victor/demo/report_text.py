@@ -38,6 +38,15 @@ of the share of a question's circular copies answered right.
 
 Chance: MMBench 25% (4 options; existence questions with 2 options: 50%), POPE accuracy 50%.
 
+## Verdict
+
+On the primary measure, the open questions' gold-answer mean token log-likelihood (per question,
+paired by seed; the one measure on which every arm is above its floor, see `evidence.PRIMARY`),
+with its 95% interval. The instrument is trusted only if the positive control is **better** and
+the negative control **no difference resolved**:
+
+{tables['verdicts']}
+
 ## Paired comparisons
 
 Difference = first arm minus second (the reference), per question, averaged over questions and seeds;

@@ -252,7 +252,7 @@ class Demo:
         s2 = self.stage(f"stage2-{arm.name}-{round(100 * fraction)}pct-s{seed}", "stage2.yaml", dict(
             init_from=str(s15), data_path=str(data), max_steps=self.preset["stage2"], seed=seed + arm.seed_offset),
             parent=str(s15))
-        self.evaluate(s2, arm, seed, benchmarks=("mmbench", "pope"), generation=False)
+        self.evaluate(s2, arm, seed, benchmarks=LIKELIHOOD, generation=False)
         return s2
 
     def evaluate(self, model_dir: Path, arm: Arm, seed: int, benchmarks=LIKELIHOOD, generation: bool = True) -> dict:

@@ -136,43 +136,43 @@ class VisualComprehension(nn.Module):
             if self.settings.pool_init == "unit":
                 self.pool.copy_(F.normalize(self.pool, dim=-1))
 
-    @torch.no_grad()
     def seed_pool(self, tokens: torch.Tensor, generator: torch.Generator | None = None) -> None:
         """`tokens` init: rows are real projected visual tokens (+1% noise), on the tokens' scale, so
         that matching depends on the image. Call once, before training (never inside forward)."""
-        flat = tokens.reshape(-1, tokens.shape[-1]).float().cpu()
-        n = self.pool.shape[0]
-        if flat.shape[0] >= n:
-            pick = torch.randperm(flat.shape[0], generator=generator)[:n]
-        else:
-            pick = torch.randint(0, flat.shape[0], (n,), generator=generator)
-        rows = flat[pick]
-        noise = torch.randn(rows.shape, generator=generator)
-        rows = rows + 0.01 * rows.norm(dim=-1, keepdim=True).mean() * noise / math.sqrt(rows.shape[-1])
-        self.pool.copy_(rows.to(device=self.pool.device, dtype=self.pool.dtype))
-        self.pool_ready.fill_(True)
+        with torch.no_grad():
+            flat = tokens.reshape(-1, tokens.shape[-1]).float().cpu()
+            n = self.pool.shape[0]
+            if flat.shape[0] >= n:
+                pick = torch.randperm(flat.shape[0], generator=generator)[:n]
+            else:
+                pick = torch.randint(0, flat.shape[0], (n,), generator=generator)
+            rows = flat[pick]
+            noise = torch.randn(rows.shape, generator=generator)
+            rows = rows + 0.01 * rows.norm(dim=-1, keepdim=True).mean() * noise / math.sqrt(rows.shape[-1])
+            self.pool.copy_(rows.to(device=self.pool.device, dtype=self.pool.dtype))
+            self.pool_ready.fill_(True)
 
-    @torch.no_grad()
     def project_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected visual tokens [images, n_visual, hidden] (what stage 1.5 masks and matches)."""
-        pixel_values = pixel_values.to(next(self.llava.parameters()).dtype)
-        return torch.stack(list(self.llava.model.get_image_features(pixel_values=pixel_values).pooler_output))
+        with torch.no_grad():
+            pixel_values = pixel_values.to(next(self.llava.parameters()).dtype)
+            return torch.stack(list(self.llava.model.get_image_features(pixel_values=pixel_values).pooler_output))
 
-    @torch.no_grad()
     def load_pool(self, state: dict[str, torch.Tensor]) -> bool:
         """Continue from saved rows (`pool_init: checkpoint`): the pool of a finished stage 1.5 or of a
         converted release; the head too where its tensors fit this head. Returns whether it did."""
-        if tuple(state["pool"].shape) != tuple(self.pool.shape):
-            raise ValueError(f"the saved pool has shape {tuple(state['pool'].shape)}, this stage's "
-                             f"{tuple(self.pool.shape)} (pool_size x LLM hidden size)")
-        self.pool.copy_(state["pool"])
-        self.pool_ready.fill_(True)
-        head = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
-        own = self.head.state_dict()
-        if head.keys() != own.keys() or any(head[k].shape != own[k].shape for k in own):
-            return False
-        self.head.load_state_dict(head)
-        return True
+        with torch.no_grad():
+            if tuple(state["pool"].shape) != tuple(self.pool.shape):
+                raise ValueError(f"the saved pool has shape {tuple(state['pool'].shape)}, this stage's "
+                                 f"{tuple(self.pool.shape)} (pool_size x LLM hidden size)")
+            self.pool.copy_(state["pool"])
+            self.pool_ready.fill_(True)
+            head = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
+            own = self.head.state_dict()
+            if head.keys() != own.keys() or any(head[k].shape != own[k].shape for k in own):
+                return False
+            self.head.load_state_dict(head)
+            return True
 
     # -- the method ---------------------------------------------------------------------------
     def mask_and_match(self, tokens: torch.Tensor, image_keys: torch.Tensor | None = None, step: int = 0):
@@ -262,36 +262,36 @@ class VisualComprehension(nn.Module):
         err = F.smooth_l1_loss(prediction.float(), target, beta=self.settings.recon_beta, reduction="none")
         return err.mean(dim=-1)
 
-    @torch.no_grad()
     def _count_usage(self, counts: torch.Tensor) -> torch.Tensor:
         """Pool rows matched in this step over all processes; added to the run's `usage` in training.
 
         Summed across ranks (one all-reduce per forward, on every rank), so usage and the logged
         pool statistics describe the global batch, and every rank holds the same counters."""
-        if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(counts)
-        if self.training:
-            self.usage += counts
-        return counts
+        with torch.no_grad():
+            if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(counts)
+            if self.training:
+                self.usage += counts
+            return counts
 
-    @torch.no_grad()
     def _stats(self, rows, row_cost, per_position, mask):
-        counts = self._count_usage(torch.bincount(rows.flatten(), minlength=self.usage.numel())).float()
-        p = counts / counts.sum()
-        entropy = -(p[p > 0] * p[p > 0].log()).sum()
-        run_p = self.usage.float() / self.usage.sum()
-        run_entropy = -(run_p[run_p > 0] * run_p[run_p > 0].log()).sum()
-        rows_per_image = ((rows.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1).float().mean()
-        return {
-            "pool/rows_used_batch": float((counts > 0).sum()),
-            "pool/rows_used_run": float((self.usage > 0).sum()),
-            "pool/perplexity_batch": float(entropy.exp()),
-            "pool/perplexity_run": float(run_entropy.exp()),
-            "pool/distinct_rows_per_image": float(rows_per_image),
-            "match/mean_cost": float(row_cost.mean()),
-            "recon/masked": float(per_position[mask].mean()),
-            "recon/visible": float(per_position[~mask].mean()) if (~mask).any() else float("nan"),
-        }
+        with torch.no_grad():
+            counts = self._count_usage(torch.bincount(rows.flatten(), minlength=self.usage.numel())).float()
+            p = counts / counts.sum()
+            entropy = -(p[p > 0] * p[p > 0].log()).sum()
+            run_p = self.usage.float() / self.usage.sum()
+            run_entropy = -(run_p[run_p > 0] * run_p[run_p > 0].log()).sum()
+            rows_per_image = ((rows.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1).float().mean()
+            return {
+                "pool/rows_used_batch": float((counts > 0).sum()),
+                "pool/rows_used_run": float((self.usage > 0).sum()),
+                "pool/perplexity_batch": float(entropy.exp()),
+                "pool/perplexity_run": float(run_entropy.exp()),
+                "pool/distinct_rows_per_image": float(rows_per_image),
+                "match/mean_cost": float(row_cost.mean()),
+                "recon/masked": float(per_position[mask].mean()),
+                "recon/visible": float(per_position[~mask].mean()) if (~mask).any() else float("nan"),
+            }
 
     # -- what leaves the stage -------------------------------------------------------------
     def extra_state_dict(self) -> dict[str, torch.Tensor]:

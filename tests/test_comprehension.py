@@ -13,6 +13,7 @@ from victor.model.comprehension import (
     ComprehensionConfig,
     VisualComprehension,
     block_ids,
+    keyed_token_mask,
     random_token_mask,
 )
 
@@ -48,6 +49,26 @@ def test_mask_has_exact_count_per_image_and_is_reproducible():
     # uniform: every position is masked about equally often over many draws
     freq = random_token_mask(4000, 8, 6, "cpu").float().mean(0)
     assert torch.allclose(freq, torch.full((8,), 0.75), atol=0.03)
+    # an explicit generator decides the mask, not the global RNG
+    masks = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        masks.append(random_token_mask(3, 16, 12, "cpu", generator=torch.Generator().manual_seed(9)))
+    assert torch.equal(masks[0], masks[1])
+
+
+def test_keyed_masks_are_spread_over_keys_and_exact_per_image():
+    """Keyed masks: 12 of 16 positions per image, a function of (seed, step, key) only, and as
+    varied over keys as random masks are (C(16, 12) = 1820 possible masks; 400 keys)."""
+    keys = torch.arange(400) * 1024
+    masks = keyed_token_mask(keys, 16, 12, seed=3, step=5, device="cpu")
+    assert masks.sum(dim=1).tolist() == [12] * 400
+    assert torch.equal(masks, keyed_token_mask(keys, 16, 12, seed=3, step=5, device="cpu"))
+    distinct = len({tuple(row.tolist()) for row in masks})
+    assert distinct > 330  # ~360 expected by chance; a weak hash collapses keys onto few masks
+    for other in (keyed_token_mask(keys, 16, 12, seed=4, step=5, device="cpu"),
+                  keyed_token_mask(keys, 16, 12, seed=3, step=6, device="cpu")):
+        assert (other != masks).any(dim=1).float().mean() > 0.9
 
 
 def test_config_errors_before_training(model):
@@ -251,3 +272,166 @@ def test_a_samples_loss_does_not_depend_on_its_batch_mates(model, mode, padding_
     for names in batches:
         for name, value in losses(names).items():
             assert value == pytest.approx(alone[name], abs=1e-5), (mode, names, name)
+
+
+def test_extra_state_round_trip_restores_pool_head_and_counters(model):
+    """What stage 1.5 saves beside the LLaVA checkpoint (pool, readiness, usage, head) comes back
+    exactly, and usage counts the matched rows of training forwards only."""
+    llava, processor = model
+    hidden = llava.config.text_config.hidden_size
+    batch = caption_batch(llava, processor, n=2)
+    cfg = ComprehensionConfig(pool_size=32, recon_head="transformer")
+    torch.manual_seed(0)
+    a = VisualComprehension(llava, cfg, mask_seed=5)
+    a.seed_pool(torch.randn(4, 16, hidden))
+    keys = torch.tensor([0, 1024])
+    a.train()
+    out = a(**batch, image_keys=keys, mask_step=3)
+    assert int(a.usage.sum()) == 2 * 12  # 2 images x 12 masked tokens, one count per matched row
+    assert out["stats"]["pool/rows_used_batch"] == float((a.usage > 0).sum())
+    a.eval()
+    a(**batch, image_keys=keys, mask_step=3)
+    assert int(a.usage.sum()) == 24  # evaluation forwards do not count
+    with torch.no_grad():
+        for p in a.head.parameters():
+            p.add_(torch.randn_like(p))
+    state = {k: v.clone() for k, v in a.extra_state_dict().items()}
+    assert set(state) == {"pool", "pool_ready", "usage"} | {f"head.{k}" for k in a.head.state_dict()}
+    assert torch.equal(state["pool"], a.pool.detach()) and bool(state["pool_ready"])
+
+    torch.manual_seed(1)
+    b = VisualComprehension(copy.deepcopy(llava), cfg, mask_seed=5)
+    assert not bool(b.pool_ready) and int(b.usage.sum()) == 0
+    b.load_extra_state_dict(state)
+    for k, v in b.extra_state_dict().items():
+        assert torch.equal(v, state[k]), k
+    b.eval()
+    with torch.no_grad():
+        ref, got = a(**batch, image_keys=keys, mask_step=3), b(**batch, image_keys=keys, mask_step=3)
+    assert torch.equal(ref["loss"], got["loss"]) and torch.equal(ref["recon_loss"], got["recon_loss"])
+
+
+def test_load_pool_continues_from_saved_rows_and_a_head_that_fits(model):
+    """`pool_init: checkpoint`: the pool always (shape checked, with a message naming both shapes),
+    the head only where every tensor fits this head."""
+    llava, _ = model
+    hidden = llava.config.text_config.hidden_size
+    torch.manual_seed(0)
+    source = VisualComprehension(llava, ComprehensionConfig(pool_size=32, pool_init="unit"))
+    with torch.no_grad():
+        source.head.proj.weight.add_(1.0)
+    state = {k: v.clone() for k, v in source.extra_state_dict().items()}
+
+    same = VisualComprehension(llava, ComprehensionConfig(pool_size=32))  # `tokens` init: not ready yet
+    assert not bool(same.pool_ready)
+    assert same.load_pool(state) is True
+    assert torch.equal(same.pool.detach(), state["pool"]) and bool(same.pool_ready)
+    assert all(torch.equal(v, state[f"head.{k}"]) for k, v in same.head.state_dict().items())
+
+    other_kind = VisualComprehension(llava, ComprehensionConfig(pool_size=32, recon_head="transformer"))
+    before = {k: v.clone() for k, v in other_kind.head.state_dict().items()}
+    assert other_kind.load_pool(state) is False
+    assert torch.equal(other_kind.pool.detach(), state["pool"]) and bool(other_kind.pool_ready)
+    assert all(torch.equal(v, before[k]) for k, v in other_kind.head.state_dict().items())
+
+    wrong_shape = VisualComprehension(llava, ComprehensionConfig(pool_size=32))
+    before = {k: v.clone() for k, v in wrong_shape.head.state_dict().items()}
+    assert wrong_shape.load_pool(state | {"head.proj.weight": torch.zeros(3, hidden)}) is False
+    assert all(torch.equal(v, before[k]) for k, v in wrong_shape.head.state_dict().items())
+
+    with pytest.raises(ValueError, match=rf"the saved pool has shape \(16, {hidden}\), this stage's \(32, {hidden}\)"):
+        same.load_pool({"pool": torch.zeros(16, hidden)})
+
+
+def test_seed_pool_takes_rows_from_the_tokens_on_their_scale(model):
+    llava, _ = model
+    hidden = llava.config.text_config.hidden_size
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32))
+    tokens = 5.0 * F.normalize(torch.randn(4, 16, hidden), dim=-1)  # 64 candidate rows of norm 5
+    vc.seed_pool(tokens, generator=torch.Generator().manual_seed(0))
+    flat = tokens.reshape(-1, hidden)
+    nearest = torch.cdist(vc.pool.detach(), flat).min(dim=1)
+    assert bool(vc.pool_ready)
+    assert nearest.indices.unique().numel() == 32  # distinct token rows when there are enough
+    # noise of 1% of the tokens' mean row norm (5): a 64-d Gaussian scaled to norm ~1 x 0.05
+    ratio = nearest.values / 5.0
+    assert (ratio > 0).all() and 0.009 < float(ratio.mean()) < 0.011
+    few = VisualComprehension(llava, ComprehensionConfig(pool_size=32))
+    few.seed_pool(tokens[:1], generator=torch.Generator().manual_seed(0))  # 16 tokens for 32 rows
+    ratio = torch.cdist(few.pool.detach(), tokens[0]).min(dim=1).values / 5.0
+    assert 0.009 < float(ratio.mean()) < 0.011  # the same scale however many tokens there are
+    two = VisualComprehension(llava, ComprehensionConfig(pool_size=32))
+    two.seed_pool(tokens[0, :2], generator=torch.Generator().manual_seed(0))  # 2 tokens, drawn with replacement
+    assert set(torch.cdist(two.pool.detach(), tokens[0, :2]).argmin(dim=1).tolist()) == {0, 1}
+
+
+def test_seed_pool_is_a_function_of_its_generator_and_uses_every_token_when_they_just_suffice(model):
+    llava, _ = model
+    hidden = llava.config.text_config.hidden_size
+    tokens = torch.randn(2, 16, hidden)  # exactly 32 tokens for 32 rows: each used once
+    pools = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the global RNG must not matter
+        vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32))
+        vc.seed_pool(tokens, generator=torch.Generator().manual_seed(7))
+        pools.append(vc.pool.detach().clone())
+    assert torch.equal(pools[0], pools[1])
+    assert torch.cdist(pools[0], tokens.reshape(-1, hidden)).argmin(dim=1).unique().numel() == 32
+    few = []
+    for global_seed in (1, 2):  # fewer tokens than rows: drawn with replacement, same rule
+        torch.manual_seed(global_seed)
+        vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32))
+        vc.seed_pool(tokens[:1], generator=torch.Generator().manual_seed(7))
+        few.append(vc.pool.detach().clone())
+    assert torch.equal(few[0], few[1])
+
+
+def test_project_images_casts_pixels_to_the_model_dtype(model):
+    llava, processor = model
+    pixels = caption_batch(llava, processor, n=2)["pixel_values"]  # float32 from the image processor
+    half = copy.deepcopy(llava).to(torch.bfloat16)
+    vc = VisualComprehension(half, ComprehensionConfig(pool_size=32))
+    tokens = vc.project_images(pixels)
+    with torch.no_grad():
+        ref = torch.stack(list(half.model.get_image_features(pixel_values=pixels.bfloat16()).pooler_output))
+    assert tokens.dtype == torch.bfloat16 and tokens.shape == (2, 16, llava.config.text_config.hidden_size)
+    assert torch.equal(tokens, ref) and not tokens.requires_grad
+
+
+def test_transformer_head_adds_learned_positions_before_its_layer(model):
+    llava, _ = model
+    hidden = llava.config.text_config.hidden_size
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, recon_head="transformer"))
+    head = vc.head.eval()
+    with torch.no_grad():
+        head.positions.normal_(std=1.0)  # large enough that a sign or a missing term shows
+        x = torch.randn(2, 16, hidden)
+        assert torch.allclose(head(x), head.proj(head.layer(x + head.positions)), atol=1e-6)
+        assert not torch.allclose(head(x), head.proj(head.layer(x - head.positions)), atol=1e-3)
+
+
+def test_text_only_output_and_the_loss_normaliser(model):
+    """A text-only batch returns the same keys as an image batch (no pool statistics), and both
+    honour the Trainer's `num_items_in_batch` (sum of token losses / items, as for any HF model)."""
+    llava, processor = model
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32)).eval()
+    text_only = caption_batch(llava, processor, n=0, text_only=True)
+    out = vc(**text_only)
+    assert set(out) == {"loss", "logits", "lm_loss", "recon_loss", "stats"} and out["stats"] == {}
+    labels = text_only["labels"]
+    ce = F.cross_entropy(out["logits"][:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100,
+                         reduction="sum")
+    summed = vc(**text_only, num_items_in_batch=torch.tensor(100))
+    assert torch.allclose(summed["lm_loss"], ce / 100, rtol=1e-5) and torch.allclose(summed["loss"], ce / 100, rtol=1e-5)
+    assert torch.allclose(out["lm_loss"], ce / (labels[:, 1:] != -100).sum(), rtol=1e-5)
+
+
+def test_keyed_forward_masks_with_step_zero_by_default(model):
+    llava, processor = model
+    batch = caption_batch(llava, processor, n=2)
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, pool_init="unit"), mask_seed=1).eval()
+    keys = torch.tensor([0, 1024])
+    with torch.no_grad():
+        default, zero, one = (vc(**batch, image_keys=keys, **kw)["recon_loss"]
+                              for kw in ({}, {"mask_step": 0}, {"mask_step": 1}))
+    assert torch.equal(default, zero) and not torch.equal(default, one)

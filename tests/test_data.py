@@ -148,3 +148,43 @@ def test_bad_samples_are_skipped_and_counted(tiny_llava, tmp_path):
     batch = collator([ds[i] for i in range(4)])
     assert batch["input_ids"].shape[0] == 1
     assert sum(ds.skipped.values()) == 3 and collator.skipped["unreadable"] == 3
+
+
+def test_encode_returns_the_encoding_or_none_for_a_skip(tiny_llava):
+    llava, processor = tiny_llava
+    collator = LlavaCollator(processor, llava.config.image_seq_length, "chat")
+    good = Sample("g", [{"role": "user", "content": "what colour ?"}, {"role": "assistant", "content": "red"}], [])
+    cut = Sample("c", [{"role": "user", "content": "<image>\nwhat colour ?"}, {"role": "assistant", "content": "red"}],
+                 [Image.new("RGB", (32, 32))])
+    encoded = collator.encode(good)
+    assert encoded["input_ids"] == collator.try_encode(good)["input_ids"]
+    assert [t for t, lab in zip(encoded["input_ids"], encoded["labels"]) if lab != -100][:1] == \
+        processor.tokenizer.convert_tokens_to_ids(["red"])
+    short = LlavaCollator(processor, llava.config.image_seq_length, "chat", max_length=5)  # cuts into the image
+    assert short.encode(cut) is None and short.skipped["image_beyond_max_length"] == 1
+    assert collator.encode(cut)["images"] == cut.images
+
+
+def test_plain_template_puts_every_image_first_then_the_caption(tokenizer):
+    from victor.data.collate import render_plain
+
+    messages = [{"role": "user", "content": "<image>\nfirst"}, {"role": "assistant", "content": "a red circle"},
+                {"role": "user", "content": "and <image>"}, {"role": "assistant", "content": "ignored"}]
+    rendered = render_plain(tokenizer, messages)
+    assert rendered.text == "<image><image>a red circle</s>"
+    assert rendered.spans == [(len("<image><image>"), len(rendered.text))]
+
+
+def test_skips_name_the_sample_and_an_empty_batch_has_the_usual_keys(tiny_llava):
+    from victor.data.collate import empty_batch, is_empty_batch
+
+    llava, processor = tiny_llava
+    collator = LlavaCollator(processor, llava.config.image_seq_length, "chat")
+    bare = Sample("s1", [{"role": "user", "content": "hi"}], [], index=7)
+    skip = collator.make_skip(bare, "no_supervised_tokens", "conversations", "detail")
+    assert (skip.where, skip.record_id, skip.field, skip.detail, skip.index) == ("sample", "s1", "conversations", "detail", 7)
+    placed = Sample("s2", bare.messages, [], index=3, where="d.json[3]")
+    assert collator.make_skip(placed, "r", "f", "d").where == "d.json[3]"
+    batch = empty_batch()
+    assert set(batch) == {"input_ids", "attention_mask", "labels"} and is_empty_batch(batch)
+    assert all(t.dtype == torch.long and t.shape == (0, 0) for t in batch.values())

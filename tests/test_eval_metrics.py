@@ -65,6 +65,12 @@ OPTIONS = {"A": "red", "B": "blue", "C": "light blue", "D": "a cat"}
         ("the answer is b: blue", "B"),
         ("the answer is b; blue", "B"),
         ("the answer is b!", "B"),
+        # the same delimiters where no option text could rescue a missed keyword
+        ("the answer is b)", "B"),
+        ("the answer is b]", "B"),
+        ("the answer is b, surely", "B"),
+        ("the answer is b: sure", "B"),
+        ("the answer is b; sure", "B"),
         ("The answer is A cat.", "D"),  # "A" followed by a lowercase word is the article
         ("Option E is wrong; the answer is B, not C", "B"),  # a keyword naming no option is passed over
         ("Either B or C, the blue one", None),  # two standalone letters: ambiguous, whatever the text says
@@ -156,6 +162,8 @@ def test_binary_metrics_degenerate_is_zero_not_error():
         ("t-shirt -red", "tshirt red"),  # a mark touching a space anywhere is deleted everywhere
         ("t-shirt- red", "tshirt red"),
         ("red\tcar", "red car"),
+        ("t-shirt\n-red", "tshirt red"),  # newline and tab become spaces before the punctuation rule
+        ("t-shirt\t-red", "tshirt red"),
         (None, ""),
     ],
 )

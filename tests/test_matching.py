@@ -275,3 +275,14 @@ def test_matching_benchmark_runs_small_and_agrees_with_scipy():
     assert {r["init"] for r in rows} == {"unit", "tokens", "paper"}
     assert all(r["total_cost_equal"] for r in rows)
     assert "speedup" in format_table(rows)
+
+
+def test_shape_errors_name_the_shape():
+    with pytest.raises(ValueError, match=r"hungarian_assignment expects a \[n, m\] cost, got shape \(2, 3, 4\)"):
+        hungarian_assignment(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match=r"expected a \[B, n, m\] tensor or a list of \[n, m\] tensors, got \(3, 4\)"):
+        hungarian_assignment_batched(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"each cost must be \[n, m\], got shape \(4,\)"):
+        hungarian_assignment_batched([torch.zeros(2, 4), torch.zeros(4)])
+    with pytest.raises(ValueError, match="unknown matching method 'greedy'; valid choices: hungarian, nearest"):
+        assign(torch.zeros(2, 4), "greedy")

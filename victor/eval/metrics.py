@@ -141,7 +141,7 @@ def extract_choice(text: str | None, options: Mapping[str, str]) -> str | None:
     """
     if text is None:
         return None
-    valid = {str(k).strip().upper(): str(k) for k in options}
+    valid = {str(k).strip().upper() for k in options}
     s = str(text).strip()
     if not s:
         return None

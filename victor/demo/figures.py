@@ -108,6 +108,8 @@ def probe_figure(probe: dict, figdir: Path, root: Path, plt) -> str:
 
 def efficiency_figure(efficiency: dict, figdir: Path, root: Path, plt) -> str:
     """Likelihood-scored accuracy against the share of stage-2 data, per arm."""
+    from victor.demo.evidence import MEASURES
+
     measures = (("mmbench", "MMBench acc"), ("mmbench_text", "MMBench acc (option text)"), ("pope", "POPE acc"),
                 ("gqa_loglik", "open QA gold log-lik"))
     fig, axes = plt.subplots(1, len(measures), figsize=(4 * len(measures), 3.5))
@@ -116,12 +118,12 @@ def efficiency_figure(efficiency: dict, figdir: Path, root: Path, plt) -> str:
         arm, share = key.split(" | ")
         arms.setdefault(arm, []).append((float(share), values))
     for ax, (measure, title) in zip(axes, measures):
+        _, _, _, scale, unit = MEASURES[measure]  # points x 100 for %, nats as they are
         for arm, points in arms.items():
             points.sort(key=lambda p: p[0])
-            scale = 1 if measure == "gqa_loglik" else 100
             ax.errorbar([100 * p for p, _ in points], [scale * v[measure][0] for _, v in points],
                         yerr=[scale * v[measure][1] for _, v in points], label=arm, marker="o", capsize=2)
-        ax.set(title=title, xlabel="% of stage-2 data", ylabel="nats/token" if measure == "gqa_loglik" else "accuracy %")
+        ax.set(title=title, xlabel="% of stage-2 data", ylabel="accuracy %" if unit == "points" else unit)
     axes[0].legend(fontsize=7)
     return _save(fig, figdir / "sample_efficiency.png", root)
 

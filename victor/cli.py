@@ -38,15 +38,35 @@ def _train(argv):
     from victor.train.checkpoint import CheckpointError
     from victor.train.guards import NonFiniteLossError
 
+    finished = False
     try:
         print(train_from_recipe(recipe, overrides))
+        finished = True
     except (ConfigError, CheckpointError, DataFormatError, NonFiniteLossError, TooManySkipsError) as err:
         raise SystemExit(f"victor train: {err}") from None
     finally:
-        import torch.distributed as dist
+        _end_process_group(wait_for_peers=finished)
 
-        if dist.is_available() and dist.is_initialized():  # join gloo/NCCL threads before the interpreter exits
-            dist.destroy_process_group()
+
+def _end_process_group(wait_for_peers: bool) -> None:
+    """Tear the process group down while the interpreter and every peer are still alive.
+
+    Rank 0 writes the stage record after the others are done; a peer that exits meanwhile, or a
+    gloo group that is only destroyed at interpreter shutdown (the Trainer's DDP wrapper keeps it
+    referenced from a reference cycle), aborts the process with "terminate called without an
+    active exception" after a successful run. So: free the trainer now, meet, then destroy.
+    After a failure there is no barrier: a peer may never reach it.
+    """
+    import gc
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    if wait_for_peers:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def _chat(args):

@@ -435,3 +435,171 @@ def test_keyed_forward_masks_with_step_zero_by_default(model):
         default, zero, one = (vc(**batch, image_keys=keys, **kw)["recon_loss"]
                               for kw in ({}, {"mask_step": 0}, {"mask_step": 1}))
     assert torch.equal(default, zero) and not torch.equal(default, one)
+
+
+def test_pool_statistics_match_a_hand_count(model):
+    """The logged pool/match/recon statistics, recomputed from plain Python counts."""
+    import math
+    from collections import Counter
+
+    llava, _ = model
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=8, pool_init="unit", matching="nearest")).train()
+    vc.usage.copy_(torch.tensor([0, 1, 5, 0, 2, 0, 0, 0]))  # earlier steps: rows 1, 2, 4 (row 1 once)
+    prior = vc.usage.tolist()
+    rows = torch.tensor([[3, 3, 6], [6, 2, 5]])  # row 3 twice in one image, 5 and 2 once each
+    row_cost = torch.tensor([[0.5, 1.0, 2.0], [0.25, 0.75, 1.5]])
+    per_position = torch.arange(8, dtype=torch.float).view(2, 4)
+    mask = torch.tensor([[True, False, True, True], [False, True, True, True]])
+    stats = vc._stats(rows, row_cost, per_position, mask)
+
+    counts = Counter(rows.flatten().tolist())
+    usage = [u + counts.get(i, 0) for i, u in enumerate(prior)]
+    assert vc.usage.tolist() == usage  # the run's counters grow by this step's matches
+
+    def perplexity(c):
+        total = sum(c)
+        return math.exp(-sum(n / total * math.log(n / total) for n in c if n))
+
+    expected = {
+        "pool/rows_used_batch": len(counts),
+        "pool/rows_used_run": sum(u > 0 for u in usage),
+        "pool/perplexity_batch": perplexity(list(counts.values())),
+        "pool/perplexity_run": perplexity(usage),
+        "pool/distinct_rows_per_image": (2 + 3) / 2,
+        "match/mean_cost": sum(row_cost.flatten().tolist()) / 6,
+        "recon/masked": (0 + 2 + 3 + 5 + 6 + 7) / 6,
+        "recon/visible": (1 + 4) / 2,
+    }
+    assert stats.keys() == expected.keys()
+    for key, value in expected.items():
+        assert stats[key] == pytest.approx(value, rel=1e-6), key
+    everything = vc._stats(rows, row_cost, per_position, torch.ones(2, 4, dtype=torch.bool))
+    assert math.isnan(everything["recon/visible"]) and everything["recon/masked"] == pytest.approx(3.5)
+    vc.eval()  # evaluation reports the batch but leaves the run's counters alone
+    before = vc.usage.clone()
+    vc._stats(rows, row_cost, per_position, mask)
+    assert torch.equal(vc.usage, before)
+
+
+def test_usage_counters_are_exact_integers_past_float_precision(model):
+    llava, _ = model
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=4, pool_init="unit", matching="nearest")).train()
+    assert vc.usage.dtype == torch.long
+    vc.usage[0] = 2**24  # a float32 counter stops counting here
+    vc._count_usage(torch.tensor([1, 0, 0, 0]))
+    assert int(vc.usage[0]) == 2**24 + 1
+
+
+def test_transformer_head_is_one_pre_norm_layer_per_image():
+    """Croc's head: learned positions (std 0.02), one pre-norm encoder layer (4x feed-forward, no
+    dropout, heads = gcd(LLM heads, hidden)), images as the batch dimension, then a linear map."""
+    from math import gcd
+
+    from victor.model.comprehension import ReconstructionHead
+
+    torch.manual_seed(0)
+    head = ReconstructionHead("transformer", hidden=48, out=8, n_visual=64, n_heads=32)
+    assert head.positions.shape == (64, 48)
+    assert 0.018 < float(head.positions.detach().std()) < 0.022
+    layer = head.layer
+    assert layer.self_attn.num_heads == gcd(32, 48) == 16
+    assert layer.linear1.out_features == 4 * 48 and layer.norm_first
+    assert layer.dropout.p == layer.dropout1.p == layer.dropout2.p == 0.0
+    head.train()  # no dropout: training mode gives the same output
+    x = torch.randn(3, 64, 48)
+    with torch.no_grad():
+        out = head(x)
+        assert out.shape == (3, 64, 8) and torch.equal(out, head(x))
+        # each image is its own sequence: image 0's output does not depend on the others
+        assert torch.allclose(head(x[:1]), out[:1], atol=1e-6)
+    assert ReconstructionHead("linear", 48, 8, 64, 32).proj.in_features == 48
+
+
+@pytest.mark.parametrize("init", ["paper", "unit"])
+def test_pool_initialisation_scale(model, init):
+    llava, _ = model
+    torch.manual_seed(0)
+    hidden = llava.config.text_config.hidden_size
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=512, pool_init=init))
+    norms = vc.pool.detach().norm(dim=-1)
+    if init == "unit":
+        assert torch.allclose(norms, torch.ones(512), atol=1e-5)
+    else:  # N(0, 1) entries: rows of norm about sqrt(hidden)
+        assert float(vc.pool.detach().std()) == pytest.approx(1.0, abs=0.03)
+        assert float(norms.mean()) == pytest.approx(hidden ** 0.5, rel=0.05)
+
+
+def test_image_batch_honours_the_loss_normaliser(model):
+    llava, processor = model
+    batch = caption_batch(llava, processor, n=2)
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, pool_init="unit")).eval()
+    keys = torch.tensor([0, 1])
+    with torch.no_grad():
+        mean = vc(**batch, image_keys=keys)
+        summed = vc(**batch, image_keys=keys, num_items_in_batch=torch.tensor(100))
+    n_supervised = int((batch["labels"][:, 1:] != -100).sum())
+    assert torch.allclose(summed["lm_loss"], mean["lm_loss"] * n_supervised / 100, rtol=1e-5)
+    assert torch.allclose(summed["recon_loss"], mean["recon_loss"])
+
+
+def test_unseeded_pool_error_says_what_to_do(model):
+    llava, processor = model
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, pool_init="tokens"))
+    with pytest.raises(RuntimeError) as err:
+        vc(**caption_batch(llava, processor, n=1))
+    assert str(err.value) == ("pool_init='tokens': the pool has not been seeded; call seed_pool(tokens) before "
+                              "training (victor's train_stage does this from the first batches of the data)")
+
+
+def test_prefix_blocks_row_by_row():
+    """Prefix mode: a row without supervised tokens is all prefix, whatever its batch mates are."""
+    labels = torch.tensor([[-100] * 6, [-100, -100, -100, 7, 8, -100]])
+    attention = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    blocks = block_ids(ids, attention, labels, image_token_id=5, n_visual=2, mode="prefix")
+    assert blocks.tolist() == [[0, 0, 0, 0, -1, -1], [0, 0, 0, -1, -1, -1]]
+
+
+def test_causal_run_llm_is_the_stock_language_model_on_each_sample_alone(model):
+    """Causal mode adds nothing: each padded row's hidden states are the stock LLM's on that row alone."""
+    llava, processor = model
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, pool_init="unit", attention="causal")).eval()
+    batch = caption_batch(llava, processor, n=0, text_only=True)
+    longer = LlavaCollator(processor, llava.config.image_seq_length, "chat")(
+        [Sample("a", [{"role": "user", "content": "name a shape ."}, {"role": "assistant", "content": "circle"}], []),
+         Sample("b", [{"role": "user", "content": "name a shape with four equal sides and four right angles ."},
+                      {"role": "assistant", "content": "a square"}], [])])
+    for b in (batch, longer):
+        with torch.no_grad():
+            embeds = llava.get_input_embeddings()(b["input_ids"])
+            hidden = vc.run_llm(embeds, b["input_ids"], b["attention_mask"], b["labels"])
+            for i, row in enumerate(b["attention_mask"].bool()):
+                alone = llava.model.language_model(inputs_embeds=embeds[i:i + 1, row]).last_hidden_state[0]
+                assert torch.allclose(hidden[i, row], alone, atol=1e-5)
+
+
+def test_stage15_forward_under_bf16_autocast(model):
+    """Under CPU bf16 autocast (fp32 weights, bf16 activations) pool rows and replaced tokens are
+    cast to the tensors they are scattered into."""
+    llava, processor = model
+    batch = caption_batch(llava, processor, n=2)
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, pool_init="unit")).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = vc(**batch, image_keys=torch.tensor([0, 1]))
+    ref = vc(**batch, image_keys=torch.tensor([0, 1]))
+    assert torch.isfinite(out["loss"])
+    assert float(out["recon_loss"]) == pytest.approx(float(ref["recon_loss"]), rel=0.1)
+
+
+def test_vision_target_keeps_the_cls_token_with_the_full_strategy(backbones):
+    from victor.model.assemble import build_model
+
+    llava, processor = build_model(*backbones, vision_feature_select_strategy="full")
+    vc = VisualComprehension(llava, ComprehensionConfig(pool_size=32, pool_init="unit", recon_target="vision"))
+    batch = caption_batch(llava, processor, n=1)
+    with torch.no_grad():
+        out = llava.model.vision_tower(batch["pixel_values"], output_hidden_states=True)
+        target = vc._target(None, out)
+    assert torch.equal(target, out.hidden_states[llava.config.vision_feature_layer].float())
+    assert target.shape[1] == llava.config.image_seq_length == 17
+    assert torch.isfinite(vc(**batch)["loss"])

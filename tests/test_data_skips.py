@@ -4,6 +4,7 @@ import copy
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from victor.data import llava as llava_module
@@ -136,3 +137,96 @@ def test_monitor_observes_batches(tiny_llava):
     assert monitor.observe(batch) is True and DATA_STATS_KEY not in batch
     assert monitor.observe(collate([None])) is False
     assert (monitor.empty_batches, monitor.samples, monitor.counts()) == (1, 3, {"unreadable": 2})
+
+
+def test_a_conversation_without_answer_tokens_is_skipped_with_its_reason(tiny_llava):
+    collate = collator(tiny_llava)
+    empty = Sample("e", [{"role": "user", "content": "<image>\nwhat colour ?"}], [Image.new("RGB", (32, 32))], 4,
+                   "d.json[4]")
+    skip = collate.try_encode(empty)
+    assert isinstance(skip, Skipped)
+    assert (skip.reason, skip.where, skip.record_id, skip.field, skip.index) == (
+        "no_supervised_tokens", "d.json[4]", "e", "conversations", 4)
+    assert skip.detail == "no token of the rendered conversation falls in an answer"
+    batch = collate([empty, empty, sample(index=1)])
+    assert batch["input_ids"].shape[0] == 1
+    assert batch[DATA_STATS_KEY]["reasons"] == {"no_supervised_tokens": 2}  # counted, not just flagged
+    gone = collate([Skipped("missing_image", "d.json[0]", "a", "image", "x"),
+                    Skipped("missing_image", "d.json[1]", "b", "image", "y"), sample()])
+    assert gone[DATA_STATS_KEY]["reasons"] == {"missing_image": 2}
+
+
+def test_max_length_boundaries(tiny_llava):
+    """A conversation of exactly max_length tokens is kept whole; an image ending exactly at
+    max_length is whole, one token later it is cut (a skip); long text-only samples are cut."""
+    whole = collator(tiny_llava).try_encode(sample("red"))
+    n = len(whole["input_ids"])
+    exact = collator(tiny_llava, max_length=n).try_encode(sample("red"))
+    assert exact["truncation"] is None and exact["input_ids"] == whole["input_ids"]
+    assert collator(tiny_llava, max_length=n - 1).try_encode(sample("red"))["truncation"] is not None
+
+    late = Sample("late", [{"role": "user", "content": "what colour ?"}, {"role": "assistant", "content": "red"},
+                           {"role": "user", "content": LONG + " <image>"}, {"role": "assistant", "content": "blue"}],
+                  [Image.new("RGB", (32, 32))], 0, "d.json[0]")
+    ids = collator(tiny_llava).try_encode(late)["input_ids"]
+    image_id = tiny_llava[0].config.image_token_id
+    last = max(i for i, t in enumerate(ids) if t == image_id)  # index of the image's last token
+    assert last + 1 < len(ids)
+    kept = collator(tiny_llava, max_length=last + 1).try_encode(late)
+    assert kept["truncation"].reason == "truncated_text" and kept["input_ids"] == ids[: last + 1]
+    cut = collator(tiny_llava, max_length=last).try_encode(late)
+    assert isinstance(cut, Skipped) and cut.reason == "image_beyond_max_length"
+
+    text = collator(tiny_llava, max_length=40).try_encode(sample(LONG, "what colour ?", images=0))
+    assert len(text["input_ids"]) == 40 and text["truncation"].reason == "truncated_text"
+
+
+def test_image_keys_name_the_sample_and_the_image(tiny_llava):
+    from victor.data.collate import MAX_IMAGES_PER_SAMPLE
+
+    collate = collator(tiny_llava, image_keys=True)
+    two = sample("red", "<image>\n<image>\nwhat colours ?", index=5, images=2)
+    batch = collate([sample(index=3), two])
+    m = MAX_IMAGES_PER_SAMPLE
+    assert batch["image_keys"].tolist() == [3 * m, 5 * m, 5 * m + 1]
+    assert batch["image_keys"].dtype == batch["input_ids"].dtype == batch["labels"].dtype == torch.long
+    assert batch["attention_mask"].dtype == torch.long
+
+
+def test_one_image_processor_call_per_batch_and_per_sample_only_after_a_failure(tiny_llava, monkeypatch):
+    collate = collator(tiny_llava)
+    real = collate.processor.image_processor
+    calls = []
+
+    class Counting:
+        def __call__(self, images, **kwargs):
+            calls.append(len(images))
+            if any(img.size == (1, 1) for img in images):
+                raise ValueError("cannot resize a 1x1 image")
+            return real(images, **kwargs)
+
+    monkeypatch.setattr(collate.processor, "image_processor", Counting())
+    good = [sample(index=i) for i in range(3)]
+    batch = collate(good)
+    assert calls == [3] and torch.equal(batch["pixel_values"], real([s.images[0] for s in good],
+                                                                     return_tensors="pt")["pixel_values"])
+    calls.clear()
+    tiny = sample(index=9)
+    tiny.images = [Image.new("RGB", (1, 1))]
+    only = collate([tiny])
+    assert calls == [1, 1] and is_empty_batch(only) and "pixel_values" not in only
+    pixels, kept, dropped = collate.pixel_values([collate.try_encode(tiny)])
+    assert pixels is None and kept == [] and len(dropped) == 1
+    assert (dropped[0].reason, dropped[0].field, dropped[0].detail) == (
+        "image_processor_error", "image", "ValueError: cannot resize a 1x1 image")
+
+
+def test_collator_defaults_and_template_error(tiny_llava):
+    llava, processor = tiny_llava
+    from victor.data.collate import render_chat
+
+    default = LlavaCollator(processor, llava.config.image_seq_length)
+    assert default.render is render_chat and default.max_length == 2048
+    with pytest.raises(ValueError) as err:
+        LlavaCollator(processor, 16, "chatml")
+    assert str(err.value) == "template='chatml'; choose one of ['chat', 'plain']"

@@ -27,7 +27,7 @@ test: install
 
 # Mutation testing of the method's core (stage 1.5, matching, label masking, metrics): the
 # files and tests are in pyproject.toml [tool.mutmut]; scores and survivors in docs/testing.md.
-# Not part of `make test` (it takes over an hour on 2 cores). Results are cached in mutants/:
+# Not part of `make test` (a full run took 40 min on 2 cores). Results are cached in mutants/:
 # a second run re-tests only what changed.
 mutation: install
 	$(BIN)/python -m pip install --quiet "mutmut==3.8.1"

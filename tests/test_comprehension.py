@@ -446,7 +446,7 @@ def test_pool_statistics_match_a_hand_count(model):
     vc = VisualComprehension(llava, ComprehensionConfig(pool_size=8, pool_init="unit", matching="nearest")).train()
     vc.usage.copy_(torch.tensor([0, 1, 5, 0, 2, 0, 0, 0]))  # earlier steps: rows 1, 2, 4 (row 1 once)
     prior = vc.usage.tolist()
-    rows = torch.tensor([[3, 3, 6], [6, 2, 5]])  # row 3 twice in one image, 5 and 2 once each
+    rows = torch.tensor([[3, 3, 6], [6, 2, 4]])  # row 3 twice in one image; rows 2 and 4 once each
     row_cost = torch.tensor([[0.5, 1.0, 2.0], [0.25, 0.75, 1.5]])
     per_position = torch.arange(8, dtype=torch.float).view(2, 4)
     mask = torch.tensor([[True, False, True, True], [False, True, True, True]])
@@ -603,3 +603,17 @@ def test_vision_target_keeps_the_cls_token_with_the_full_strategy(backbones):
     assert torch.equal(target, out.hidden_states[llava.config.vision_feature_layer].float())
     assert target.shape[1] == llava.config.image_seq_length == 17
     assert torch.isfinite(vc(**batch)["loss"])
+
+
+def test_masks_default_to_seed_zero_and_step_zero(model):
+    llava, processor = model
+    cfg = ComprehensionConfig(pool_size=32, pool_init="unit")
+    vc = VisualComprehension(llava, cfg)
+    assert vc.mask_seed == 0
+    tokens = vc.project_images(caption_batch(llava, processor, n=2)["pixel_values"])
+    keys = torch.tensor([0, 1])
+    _, default, _, _ = vc.mask_and_match(tokens, keys)
+    _, step0, _, _ = vc.mask_and_match(tokens, keys, 0)
+    _, step1, _, _ = vc.mask_and_match(tokens, keys, 1)
+    assert torch.equal(default, step0) and not torch.equal(default, step1)
+    assert torch.equal(default, keyed_token_mask(keys, 16, cfg.masked_count(16), seed=0, step=0, device="cpu"))

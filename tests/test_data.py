@@ -102,8 +102,11 @@ def test_non_prefix_consistent_template_is_a_clear_error(tokenizer):
 
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}!"
-    with pytest.raises(TemplateError, match="prefix"):
+    with pytest.raises(TemplateError) as err:
         render_chat(tok, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
+    assert str(err.value) == ("the chat template does not render conversations prefix-consistently, so answer "
+                              "spans cannot be located; use a template whose rendering of a prefix is a prefix "
+                              "of the whole")
 
 
 def test_expand_images_shifts_spans():
@@ -188,3 +191,14 @@ def test_skips_name_the_sample_and_an_empty_batch_has_the_usual_keys(tiny_llava)
     batch = empty_batch()
     assert set(batch) == {"input_ids", "attention_mask", "labels"} and is_empty_batch(batch)
     assert all(t.dtype == torch.long and t.shape == (0, 0) for t in batch.values())
+
+
+def test_pad_batch_pads_on_the_right_by_default():
+    from victor.data.collate import pad_batch
+
+    encoded = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    batch = pad_batch(encoded, pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert pad_batch(encoded, 0, "left")["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]

@@ -65,6 +65,9 @@ def test_a_template_that_refuses_a_conversation_skips_it(tiny_llava):
     batch = collate([sample("forbidden"), sample(index=1)])
     assert batch[DATA_STATS_KEY]["reasons"] == {"template_error": 1} and batch["input_ids"].shape[0] == 1
     assert collate.skipped == {"template_error": 1}
+    skip = collate.try_encode(sample("forbidden", index=5))
+    assert (skip.reason, skip.field, skip.detail) == ("template_error", "conversations",
+                                                      "TemplateError: no forbidden words")
 
 
 def test_an_image_the_processor_rejects_drops_only_its_sample(tiny_llava, monkeypatch):
@@ -101,6 +104,9 @@ def test_an_unforeseen_error_is_still_a_skip(tiny_llava, tmp_path, monkeypatch):
     collate = collator(tiny_llava)
     monkeypatch.setattr(collate, "render", lambda tok, messages: next(iter([])))
     assert is_empty_batch(batch := collate([sample()])) and batch[DATA_STATS_KEY]["reasons"] == {"unexpected_error": 1}
+    monkeypatch.setattr(collate, "render", lambda tok, messages: {}["missing"])
+    skip = collate.try_encode(sample())
+    assert (skip.reason, skip.field, skip.detail) == ("unexpected_error", "conversations", "KeyError: 'missing'")
 
 
 def test_monitor_stops_above_the_fraction_naming_the_commonest_reason():

@@ -286,3 +286,10 @@ def test_shape_errors_name_the_shape():
         hungarian_assignment_batched([torch.zeros(2, 4), torch.zeros(4)])
     with pytest.raises(ValueError, match="unknown matching method 'greedy'; valid choices: hungarian, nearest"):
         assign(torch.zeros(2, 4), "greedy")
+
+
+def test_nearest_on_a_list_of_costs_is_the_argmin_of_each():
+    torch.manual_seed(0)
+    costs = [torch.rand(3, 5), torch.rand(4, 5)]
+    rows = assign(costs, "nearest")
+    assert isinstance(rows, list) and [r.tolist() for r in rows] == [c.argmin(-1).tolist() for c in costs]

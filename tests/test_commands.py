@@ -73,3 +73,33 @@ def test_bench_step_prints_one_row_per_variant():
     assert list(rows) == ["plain LLaVA step"] + [f"stage 1.5 ({m}, {a})" for m in ("hungarian", "nearest")
                                                  for a in ("causal", "bidirectional-visual")]
     assert rows["plain LLaVA step"][1] == 1.0 and all(ms > 0 for ms, _ in rows.values())
+
+
+def _end_group_worker(rank, init_file, out_dir):
+    import json
+    import time
+
+    import torch.distributed as dist
+
+    from victor.cli import _end_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    if rank == 0:
+        time.sleep(1.5)  # rank 0 still writes the stage record while rank 1 is done
+    arrived = time.time()
+    _end_process_group(wait_for_peers=True)
+    with open(f"{out_dir}/{rank}.json", "w") as f:
+        json.dump({"arrived": arrived, "left": time.time(), "still_initialized": dist.is_initialized()}, f)
+
+
+def test_a_finished_rank_waits_for_the_others_before_tearing_down_the_group(tmp_path):
+    """The CI abort ("terminate called without an active exception" on rank 0 after a 2-process
+    run): a rank that finished early left while rank 0 still wrote. Now every rank meets first."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_end_group_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert not r0["still_initialized"] and not r1["still_initialized"]
+    assert r1["left"] >= r0["arrived"]  # rank 1 left only once rank 0 had arrived

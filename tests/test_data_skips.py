@@ -26,6 +26,19 @@ def sample(answer="red", question="<image>\nwhat colour ?", index=0, images=1):
                   [Image.new("RGB", (32, 32), (200, 0, 0))] * images, index, f"d.json[{index}]")
 
 
+class Picky:
+    """An image processor that refuses 1x1 images and records the size of each call."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __call__(self, images, **kwargs):
+        self.calls.append(len(images))
+        if any(img.size == (1, 1) for img in images):
+            raise ValueError("cannot resize a 1x1 image")
+        return self.real(images, **kwargs)
+
+
 def collator(tiny_llava, **kwargs):
     llava, processor = tiny_llava
     return LlavaCollator(processor, llava.config.image_seq_length, "chat", batch_stats=True, **kwargs)
@@ -72,15 +85,7 @@ def test_a_template_that_refuses_a_conversation_skips_it(tiny_llava):
 
 def test_an_image_the_processor_rejects_drops_only_its_sample(tiny_llava, monkeypatch):
     collate = collator(tiny_llava)
-    real = collate.processor.image_processor
-
-    class Picky:
-        def __call__(self, images, **kwargs):
-            if any(img.size == (1, 1) for img in images):
-                raise ValueError("cannot resize a 1x1 image")
-            return real(images, **kwargs)
-
-    monkeypatch.setattr(collate.processor, "image_processor", Picky())
+    monkeypatch.setattr(collate.processor, "image_processor", Picky(collate.processor.image_processor))
     tiny = sample(index=1)
     tiny.images = [Image.new("RGB", (1, 1))]
     batch = collate([sample(), tiny, sample("blue", "what ?", 2, images=0)])
@@ -202,16 +207,9 @@ def test_image_keys_name_the_sample_and_the_image(tiny_llava):
 def test_one_image_processor_call_per_batch_and_per_sample_only_after_a_failure(tiny_llava, monkeypatch):
     collate = collator(tiny_llava)
     real = collate.processor.image_processor
-    calls = []
-
-    class Counting:
-        def __call__(self, images, **kwargs):
-            calls.append(len(images))
-            if any(img.size == (1, 1) for img in images):
-                raise ValueError("cannot resize a 1x1 image")
-            return real(images, **kwargs)
-
-    monkeypatch.setattr(collate.processor, "image_processor", Counting())
+    picky = Picky(real)
+    calls = picky.calls
+    monkeypatch.setattr(collate.processor, "image_processor", picky)
     good = [sample(index=i) for i in range(3)]
     batch = collate(good)
     assert calls == [3] and torch.equal(batch["pixel_values"], real([s.images[0] for s in good],

@@ -131,11 +131,11 @@ def recon_table(ev: dict) -> str:
 def efficiency_table(ev: dict) -> str:
     from victor.demo.evidence import MEASURES
 
+    _, _, _, scale, unit = MEASURES["gqa_loglik"]
     lines = ["| arm | share of stage-2 data | MMBench acc | MMBench acc (option text) | POPE acc | open QA gold log-lik |",
              "|---|---|---|---|---|---|"]
     for key, values in ev["sample_efficiency"].items():
         arm, share = key.split(" | ")
-        _, _, _, scale, unit = MEASURES["gqa_loglik"]
         loglik = pm(values["gqa_loglik"], scale, DECIMALS[unit]) if "gqa_loglik" in values else "—"
         lines.append(f"| {arm} | {100 * float(share):.0f}% | {pm(values['mmbench'])} | {pm(values['mmbench_text'])} | "
                      f"{pm(values['pope'])} | {loglik} |")

@@ -26,6 +26,7 @@ ReconTarget = Literal["projector", "vision"]
 ReconPositions = Literal["all", "masked"]
 StageName = Literal["1", "1.5", "2"]
 Template = Literal["plain", "chat"]
+LossNormalization = Literal["batch", "micro-batch"]
 FeatureSelect = Literal["default", "full"]
 AspectRatio = Literal["pad", "native"]
 
@@ -96,6 +97,11 @@ class StageArguments:
     projector_lr: float | None = _opt(None, "projector learning rate (unset: learning_rate)")
     llm_lr: float | None = _opt(None, "LLM learning rate (unset: learning_rate)")
     vision_lr: float | None = _opt(None, "vision tower learning rate (unset: learning_rate)")
+    loss_normalization: LossNormalization = _opt(
+        "batch", "batch: every loss term is a mean over the whole global batch (answer tokens; reconstructed "
+                 "visual positions), the same objective for any split into micro-batches, accumulation steps and "
+                 "processes; micro-batch: each micro-batch's own mean, divided by the accumulation steps and "
+                 "averaged over processes (the authors' code, so the published recipes)")
     max_nonfinite_steps: int = _opt(3, "optimizer steps with NaN/inf gradients are skipped; this many in a row "
                                        "stop the run, naming the checkpoint to resume from")
 
@@ -120,6 +126,7 @@ class ComprehensionConfig:
     recon_head: ReconHead = _opt("linear", "linear (ViCToR) | transformer: one layer + positions + linear (Croc)")
     recon_target: ReconTarget = _opt("projector", "projector: normalised projector output | vision: encoder features")
     recon_positions: ReconPositions = _opt("all", "all visual positions (published) | masked ones only")
+    recon_head_dropout: float = _opt(0.1, "dropout inside the transformer head (the authors' BertConfig: 0.1)")
     recon_weight: float = _opt(10.0, "weight of the reconstruction loss")
     recon_beta: float = _opt(0.01, "SmoothL1 beta of the reconstruction loss")
 

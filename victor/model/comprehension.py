@@ -195,10 +195,16 @@ class VisualComprehension(nn.Module):
         return replaced, mask, rows, row_cost
 
     def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_keys=None, mask_step: int = 0,
-                num_items_in_batch=None, **kwargs):
+                num_items_in_batch=None, num_recon_items=None, **kwargs):
         """Every batch, text-only or not, runs the LLM through `run_llm` under the stage's attention
         mode, so a sample's logits and loss do not depend on its batch mates: in `prefix` mode a
-        text-only sample's prompt is bidirectional whether or not an image sample shares its batch."""
+        text-only sample's prompt is bidirectional whether or not an image sample shares its batch.
+
+        Normalisation (docs/method.md): with `num_items_in_batch` and `num_recon_items` (the answer
+        tokens and reconstructed positions of the whole global batch) each term is this
+        micro-batch's share of a global-batch mean; without them, this micro-batch's own mean.
+        Visual positions under padding (the collator's blank image of a text-only batch, which
+        keeps every rank running the same modules) count nowhere: no loss, no pool usage."""
         llava, lcfg = self.llava, self.llava.config
         embeds = llava.get_input_embeddings()(input_ids)
         if pixel_values is None:  # a text-only batch: nothing to mask or reconstruct
@@ -215,21 +221,37 @@ class VisualComprehension(nn.Module):
         replaced, mask, rows, row_cost = self.mask_and_match(tokens, image_keys, mask_step)
 
         is_image = input_ids == lcfg.image_token_id
+        real = attention_mask.bool()[is_image].view(mask.shape)  # False: a blank image's padded positions
         embeds = embeds.masked_scatter(is_image.unsqueeze(-1), replaced.reshape(-1, replaced.shape[-1]).to(embeds.dtype))
         logits, lm_loss, hidden = self.language_model_loss(embeds, input_ids, attention_mask, labels,
                                                            num_items_in_batch, return_hidden=True)
         visual_hidden = hidden[is_image].view(*tokens.shape[:2], -1)
         per_position = self.reconstruction_error(self.head(visual_hidden), target)
-        weights = mask.float() if self.settings.recon_positions == "masked" else torch.ones_like(per_position)
-        recon_loss = (per_position * weights).sum() / weights.sum()
+        weights = self.recon_weights(mask, real)
+        recon_loss = (per_position * weights).sum() / (weights.sum().clamp(min=1) if num_recon_items is None
+                                                       else torch.as_tensor(num_recon_items).clamp(min=1))
         loss = lm_loss + self.settings.recon_weight * recon_loss
         return {
             "loss": loss,
             "logits": logits,
             "lm_loss": lm_loss,
             "recon_loss": recon_loss,
-            "stats": self._stats(rows, row_cost, per_position.detach(), mask),
+            "stats": self._stats(rows, row_cost, per_position.detach(), mask, real[:, 0]),
         }
+
+    def recon_weights(self, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """1 at the visual positions the reconstruction term averages over, else 0: [images, n_visual]."""
+        chosen = mask if self.settings.recon_positions == "masked" else torch.ones_like(mask)
+        return (chosen & real).float()
+
+    def recon_items(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """How many visual positions of this batch the reconstruction term averages over (what
+        `recon_weights` sums to), counted from the token ids alone, so a trainer can add it up over
+        a global batch before any forward pass."""
+        real = ((input_ids == self.llava.config.image_token_id) & attention_mask.bool()).sum()
+        if self.settings.recon_positions == "all":
+            return real
+        return real // self.n_visual * self.settings.masked_count(self.n_visual)
 
     def language_model_loss(self, embeds, input_ids, attention_mask, labels, num_items_in_batch=None,
                             return_hidden: bool = False):
@@ -274,13 +296,19 @@ class VisualComprehension(nn.Module):
                 self.usage += counts
             return counts
 
-    def _stats(self, rows, row_cost, per_position, mask):
+    def _stats(self, rows, row_cost, per_position, mask, image_real=None):
+        """Pool, matching and reconstruction statistics of the real images (not a blank one)."""
         with torch.no_grad():
-            counts = self._count_usage(torch.bincount(rows.flatten(), minlength=self.usage.numel())).float()
-            p = counts / counts.sum()
+            if image_real is None:
+                image_real = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+            hits = image_real[:, None].expand_as(rows).reshape(-1).long()
+            counts = self._count_usage(torch.zeros_like(self.usage).scatter_add_(0, rows.reshape(-1), hits)).float()
+            p = counts / counts.sum().clamp(min=1)
             entropy = -(p[p > 0] * p[p > 0].log()).sum()
-            run_p = self.usage.float() / self.usage.sum()
+            run_p = self.usage.float() / self.usage.sum().clamp(min=1)
             run_entropy = -(run_p[run_p > 0] * run_p[run_p > 0].log()).sum()
+            rows, row_cost = rows[image_real], row_cost[image_real]
+            per_position, mask = per_position[image_real], mask[image_real]
             rows_per_image = ((rows.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1).float().mean()
             return {
                 "pool/rows_used_batch": float((counts > 0).sum()),

@@ -104,6 +104,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         },
         group_by_modality_length=data_args.group_by_modality_length,
         max_nonfinite_steps=stage_args.max_nonfinite_steps,
+        loss_normalization=stage_args.loss_normalization,
         placeholder_batch=placeholder_batch(dataset, collator, "llm" in stage.trains, training_args.seed),
         skip_monitor=SkipMonitor(data_args.max_skip_fraction, window=data_args.skip_window,
                                  min_samples=min(100, data_args.skip_window)),

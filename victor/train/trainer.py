@@ -37,8 +37,13 @@ from victor.train.stages import MODULES, modules_of
 class VictorTrainer(Trainer):
     def __init__(self, *args, module_lrs: dict[str, float | None] | None = None,
                  group_by_modality_length: bool = False, max_nonfinite_steps: int = 3,
-                 skip_monitor: SkipMonitor | None = None, placeholder_batch: dict | None = None, **kwargs):
+                 skip_monitor: SkipMonitor | None = None, placeholder_batch: dict | None = None,
+                 loss_normalization: str = "batch", **kwargs):
         super().__init__(*args, **kwargs)
+        self.loss_normalization = loss_normalization
+        self._num_recon_items = None
+        self._terms: dict[str, torch.Tensor] = {}  # the objective's terms since the last log, as reported
+        self._last_logged_step = 0
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir, lambda: self.state.global_step)
         self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
         self.placeholder_batch = placeholder_batch
@@ -95,6 +100,25 @@ class VictorTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     # -- loss -----------------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer step, and the global counts each loss term is a mean
+        over (docs/method.md): the Trainer counts answer tokens (`num_items_in_batch`); stage 1.5
+        adds the reconstructed visual positions, summed the same way over micro-batches and,
+        with `average_tokens_across_devices`, processes. `micro-batch` normalisation (the
+        authors') passes no counts, so each micro-batch is its own mean and the Trainer divides
+        by the accumulation steps."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._num_recon_items = None
+        if self.loss_normalization == "micro-batch":
+            return batches, None
+        core = self.accelerator.unwrap_model(self.model)
+        if isinstance(core, VisualComprehension) and num_items is not None:
+            count = sum((core.recon_items(b["input_ids"], b["attention_mask"]) for b in batches), torch.tensor(0))
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                count = self.accelerator.gather(count.to(device).reshape(1)).sum()
+            self._num_recon_items = count.to(device)
+        return batches, num_items
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, out = self._compute_loss(model, inputs, num_items_in_batch)
         if getattr(self, "_placeholder_step", False):
@@ -105,21 +129,41 @@ class VictorTrainer(Trainer):
         core = self.accelerator.unwrap_model(model)
         if not isinstance(core, VisualComprehension):
             return super().compute_loss(model, inputs, True, num_items_in_batch)
-        out = model(**inputs, mask_step=self.state.global_step, num_items_in_batch=num_items_in_batch)
-        # With tokens averaged across devices the LM loss is this rank's share of a global mean, so
-        # (as in Trainer.compute_loss) it is scaled by the world size; the reconstruction loss is
-        # already a per-rank mean that DDP's gradient averaging handles.
-        lm_scale = self.accelerator.num_processes if (
-            self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1
-        loss = out["loss"] + (lm_scale - 1) * out["lm_loss"]
+        out = model(**inputs, mask_step=self.state.global_step, num_items_in_batch=num_items_in_batch,
+                    num_recon_items=self._num_recon_items if num_items_in_batch is not None else None)
+        # With counts summed across devices each term is this rank's share of a global mean; the
+        # engines average gradients over ranks, so (as Trainer.compute_loss does) the loss is
+        # scaled by the world size.
+        world = self.accelerator.num_processes
+        scale = world if (self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1
         if model.training and not getattr(self, "_placeholder_step", False):
-            self._extra_logs["lm_loss"].append(lm_scale * float(out["lm_loss"].detach()))
-            self._extra_logs["recon_loss"].append(float(out["recon_loss"].detach()))
-            for key, value in out["stats"].items():
-                self._extra_logs[key].append(value)
-        return loss, out
+            self._note_terms(out, scale / world if num_items_in_batch is not None
+                             else 1.0 / (world * self.current_gradient_accumulation_steps))
+        return out["loss"] * scale, out
+
+    def _note_terms(self, out: dict, share: float) -> None:
+        """Add this micro-batch's part of the step's reported terms: summed over the step's
+        micro-batches and the processes, `share` makes them what one big batch reports."""
+        for key in ("lm_loss", "recon_loss"):
+            value = out[key].detach().float() * share
+            self._terms[key] = self._terms[key] + value if key in self._terms else value
+        for key, value in out["stats"].items():
+            self._extra_logs[key].append(value)
+
+    def _reported_terms(self) -> dict[str, float]:
+        """Per-step means of the terms since the last log, over all processes (one all-reduce)."""
+        steps = max(1, self.state.global_step - self._last_logged_step)
+        self._last_logged_step = self.state.global_step
+        totals = torch.stack([self._terms.get(k, torch.zeros(())).reshape(()).float()
+                              for k in ("lm_loss", "recon_loss")]).to(self.args.device)
+        self._terms = {}
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        return {"lm_loss": round(float(totals[0]) / steps, 6), "recon_loss": round(float(totals[1]) / steps, 6)}
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and isinstance(self.accelerator.unwrap_model(self.model), VisualComprehension):
+            logs.update(self._reported_terms())
         if "loss" in logs and self._extra_logs:
             for key, values in self._extra_logs.items():
                 logs[key] = round(sum(values) / len(values), 6)

@@ -165,3 +165,46 @@ def test_two_processes_with_accumulation_train_what_one_big_batch_does(corpus, t
     assert max_difference(weights(two), weights(one)) <= TOLERANCE
     for key in ("lm_loss", "recon_loss", "loss"):
         assert logged(two, key) == pytest.approx(logged(one, key), rel=1e-5), key
+
+
+def test_a_max_length_that_fits_no_sample_fails_before_training_naming_the_shortest(corpus, tmp_path):
+    import re
+
+    from victor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="leaves nothing to train on") as err:
+        train_from_recipe(None, stage15_args(corpus, tmp_path / "short", 8, 1, extra=["--max_length", "24"]))
+    shortest = int(re.search(r"at least (\d+)", str(err.value)).group(1))
+    assert not (tmp_path / "short").exists() or not any((tmp_path / "short").iterdir())
+    # the number is right: one token less still fails, that many trains
+    with pytest.raises(ConfigError, match=f"at least {shortest}"):
+        train_from_recipe(None, stage15_args(corpus, tmp_path / "minus", 8, 1, extra=["--max_length", str(shortest - 1)]))
+    out = train_from_recipe(None, stage15_args(corpus, tmp_path / "exact", 8, 1, steps=1,
+                                               extra=["--max_length", str(shortest)]))
+    assert (tmp_path / "exact" / "model.safetensors").is_file() and out == str(tmp_path / "exact")
+
+
+def test_a_run_that_skipped_everything_fails_at_its_end_naming_the_reason_and_setting(corpus, tmp_path):
+    from victor.config import ConfigError
+
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    args = ["--stage", "2", "--init_from", str(corpus / "s1"), "--data_path", str(corpus / "chat.json"),
+            "--image_root", str(empty), "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4",
+            "--max_steps", "2", "--report_to", "none", "--save_strategy", "no", "--use_cpu", "True",
+            "--train_sampling_strategy", "sequential"]
+    with pytest.raises(ConfigError, match=r"every sample was skipped; the main reason is 'missing_image' \(8 samples\)"
+                                          r": check image_root"):
+        train_from_recipe(None, args)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    # above max_skip_fraction by the end, though the in-run window never filled
+    half = json.loads((corpus / "chat.json").read_text())
+    for record in half[::2]:
+        record["image"] = "missing.png"
+    (tmp_path / "half.json").write_text(json.dumps(half))
+    args[args.index("--image_root") + 1] = str(corpus / "img")
+    args[args.index("--data_path") + 1] = str(tmp_path / "half.json")
+    with pytest.raises(ConfigError, match=r"4 of 8 samples \(50.0%\) were skipped, above max_skip_fraction=0.1"):
+        train_from_recipe(None, args)
+    train_from_recipe(None, [*args, "--max_skip_fraction", "0.5"])
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -165,6 +165,20 @@ class LlavaCollator:
         """A Skipped naming the sample's file position and id (not yet counted or logged)."""
         return Skipped(reason, sample.where or "sample", sample.id, field, detail, sample.index)
 
+    def required_length(self, sample: Sample) -> int | None:
+        """The fewest tokens `max_length` must allow for `sample` to be trained on (its images whole
+        and one answer token), or None if it cannot be encoded at all. Reads no image."""
+        try:
+            rendered = expand_images(self.render(self.tokenizer, sample.messages), self.n_visual)
+        except (TemplateError, JinjaTemplateError):
+            return None
+        ids, labels = tokenize_with_labels(self.tokenizer, rendered)
+        first_answer = next((i for i, lab in enumerate(labels) if lab != IGNORE), None)
+        if first_answer is None:
+            return None
+        last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
+        return max(last_image, first_answer) + 1
+
     def _encode(self, sample: Sample) -> dict | Skipped:
         rendered = expand_images(self.render(self.tokenizer, sample.messages), self.n_visual)
         ids, labels = tokenize_with_labels(self.tokenizer, rendered)

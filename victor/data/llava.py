@@ -266,6 +266,16 @@ class LlavaDataset(Dataset):
             self.skips(result)
         return result
 
+    def read_text(self, index: int) -> Sample | None:
+        """Record `index` as a Sample without its images (None if the record is malformed): for
+        checks that need the text only. Counts and logs nothing."""
+        where, record = self.records[index]
+        try:
+            rid, messages, _ = parse_record(record, where)
+        except RecordError:
+            return None
+        return Sample(rid, messages, [], index, where)
+
     def read(self, where: str, record, index: int) -> Sample | Skipped:
         try:
             rid, messages, rels = parse_record(record, where)

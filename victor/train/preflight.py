@@ -95,3 +95,46 @@ def preflight(recipe: Recipe, comprehension: bool) -> None:
             raise ConfigError(f"{option}={value} must be > 0")
     if isinstance(training.deepspeed, str) and training.deepspeed and not os.path.isfile(training.deepspeed):
         raise ConfigError(f"deepspeed={training.deepspeed}: no such DeepSpeed config file")
+
+
+# Which setting to change for the skip reasons a run can end on.
+FIX_FOR = {
+    "image_beyond_max_length": "raise max_length",
+    "answer_beyond_max_length": "raise max_length",
+    "missing_image": "check image_root (image paths are relative to it)",
+    "truncated_image": "re-download or remove the broken images (`victor data check` lists them)",
+    "corrupt_image": "re-download or remove the broken images (`victor data check` lists them)",
+    "image_too_large": "raise max_image_pixels, or resize the images",
+    "template_error": "choose a chat_template that accepts the data's turns",
+}
+LENGTH_REASONS = ("image_beyond_max_length", "answer_beyond_max_length")
+PROBE = 256  # records tokenised before training: a bounded probe, never a pass over the data
+
+
+def check_lengths_fit(dataset, collator, max_length: int, seed: int, probe: int = PROBE) -> None:
+    """Fail before the first step when `max_length` cuts every probed sample: up to `probe` records
+    in a seeded order are tokenised (images are not decoded), and if none fits, the error names
+    the shortest length that would. The end-of-run check (`check_trained`) covers the rest."""
+    import torch
+
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:probe].tolist()
+    needed = [collator.required_length(s) for s in map(dataset.read_text, order) if s is not None]
+    needed = [n for n in needed if n is not None]
+    if needed and min(needed) > max_length:
+        raise ConfigError(f"max_length={max_length} leaves nothing to train on: none of the {len(needed)} samples "
+                          f"probed fits; the shortest needs {min(needed)} tokens to keep its images whole and one "
+                          f"answer token. Raise max_length to at least {min(needed)}")
+
+
+def check_trained(samples: int, skipped: dict[str, int], max_skip_fraction: float, kept_reasons) -> None:
+    """At the end of a run: it trained on something, and skipped no more than max_skip_fraction."""
+    skips = {r: n for r, n in skipped.items() if r not in kept_reasons and n}
+    total = sum(skips.values())
+    if samples and samples > total and total / samples <= max_skip_fraction:
+        return
+    reason, count = max(skips.items(), key=lambda kv: kv[1]) if skips else ("none", 0)
+    what = "every sample was skipped" if samples <= total else \
+        f"{total} of {samples} samples ({total / samples:.1%}) were skipped, above max_skip_fraction={max_skip_fraction}"
+    raise ConfigError(f"the run trained on too little: {what}; the main reason is '{reason}' ({count} samples): "
+                      f"{FIX_FOR.get(reason, 'see the warnings above and run `victor data check`')}. "
+                      f"All reasons: {dict(sorted(skips.items()))}")

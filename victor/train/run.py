@@ -28,7 +28,8 @@ from victor.train.engine import (
     seed_pool_from_data,
     sum_across_ranks,
 )
-from victor.train.preflight import check_max_length, preflight
+from victor.data.skips import KEPT
+from victor.train.preflight import check_lengths_fit, check_max_length, check_trained, preflight
 from victor.train.stages import apply_freezing, resolve_stage
 from victor.train.trainer import VictorTrainer, write_stage_record
 
@@ -85,6 +86,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
 
     collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length,
                              image_keys=stage.comprehension, batch_stats=True)
+    check_lengths_fit(dataset, collator, data_args.max_length, training_args.seed)
     if stage.comprehension and comp_args.pool_init == "tokens" and resume is None:
         seed_pool_from_data(trained, dataset, collator, training_args)
     training_args.remove_unused_columns = False
@@ -113,9 +115,12 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         raise ConfigError(fsdp_refusal(training_args, trainer.accelerator.distributed_type))
     start_step = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json")).global_step if resume else 0
     result = trainer.train(resume_from_checkpoint=resume)
+    skipped = sum_across_ranks(trainer.skip_monitor.counts())
+    samples = sum_across_ranks({"n": trainer.skip_monitor.samples}).get("n", 0)
+    if result.global_step > start_step:
+        check_trained(samples, skipped, data_args.max_skip_fraction, KEPT)
     trainer.save_model(training_args.output_dir)
     mismatched = replica_mismatches(trainer.accelerator.unwrap_model(trainer.model_wrapped))
-    skipped = sum_across_ranks(trainer.skip_monitor.counts())
     empty_batches = sum_across_ranks({"n": trainer.skip_monitor.empty_batches}).get("n", 0)
     log.info("stage %s: %d of %d planned steps; %d samples skipped %s", stage.name, result.global_step,
              trainer.state.max_steps, sum(n for r, n in skipped.items() if r != "truncated_text"), skipped)

@@ -43,7 +43,7 @@ class VictorTrainer(Trainer):
         self.loss_normalization = loss_normalization
         self._num_recon_items = None
         self._terms: dict[str, torch.Tensor] = {}  # the objective's terms since the last log, as reported
-        self._last_logged_step = 0
+        self._last_logged_step: int | None = None  # the step the reported terms start after (set on resume too)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir, lambda: self.state.global_step)
         self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
         self.placeholder_batch = placeholder_batch
@@ -144,6 +144,8 @@ class VictorTrainer(Trainer):
     def _note_terms(self, out: dict, share: float) -> None:
         """Add this micro-batch's part of the step's reported terms: summed over the step's
         micro-batches and the processes, `share` makes them what one big batch reports."""
+        if self._last_logged_step is None:
+            self._last_logged_step = self.state.global_step
         for key in ("lm_loss", "recon_loss"):
             value = out[key].detach().float() * share
             self._terms[key] = self._terms[key] + value if key in self._terms else value
@@ -152,7 +154,7 @@ class VictorTrainer(Trainer):
 
     def _reported_terms(self) -> dict[str, float]:
         """Per-step means of the terms since the last log, over all processes (one all-reduce)."""
-        steps = max(1, self.state.global_step - self._last_logged_step)
+        steps = max(1, self.state.global_step - (self._last_logged_step or 0))
         self._last_logged_step = self.state.global_step
         totals = torch.stack([self._terms.get(k, torch.zeros(())).reshape(()).float()
                               for k in ("lm_loss", "recon_loss")]).to(self.args.device)

@@ -30,6 +30,7 @@ from victor.data.templates import IMAGE_TOKEN, Rendered
 
 IGNORE = -100
 MAX_IMAGES_PER_SAMPLE = 1024
+BLANK_IMAGE_KEY = -1  # the image key of a text-only batch's blank image
 DATA_STATS_KEY = "data_stats"
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class LlavaCollator:
     """
 
     def __init__(self, processor, image_seq_length: int, template: str = "chat", max_length: int = 2048,
-                 padding_side: str = "right", image_keys: bool = False, batch_stats: bool = False):
+                 padding_side: str = "right", image_keys: bool = False, batch_stats: bool = False,
+                 blank_image: bool = False):
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r}; choose one of {sorted(TEMPLATES)}")
         self.processor, self.tokenizer = processor, processor.tokenizer
@@ -138,6 +140,8 @@ class LlavaCollator:
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         self.image_keys = image_keys  # stage 1.5: name each image (sample index, ordinal) for its mask
         self.batch_stats = batch_stats
+        self.blank_image = blank_image  # training: a text-only batch still runs the vision tower (see add_blank_image)
+        self._blank_pixels = None
         self.skips = SkipLog(log)
         self.skipped = self.skips.counts
 
@@ -220,7 +224,8 @@ class LlavaCollator:
         reasons.update(skip.reason for skip in dropped)
         batch = self.pad(encoded, pixel_values) if encoded else empty_batch()
         if self.batch_stats:
-            batch[DATA_STATS_KEY] = {"samples": len(samples), "reasons": {k: v for k, v in reasons.items() if v}}
+            batch[DATA_STATS_KEY] = {"samples": len(samples), "reasons": {k: v for k, v in reasons.items() if v},
+                                     "images": sum(len(e["images"]) for e in encoded)}
         return batch
 
     def pixel_values(self, encoded: list[dict]) -> tuple[torch.Tensor | None, list[dict], list[Skipped]]:
@@ -252,4 +257,33 @@ class LlavaCollator:
             batch["pixel_values"] = pixel_values
             if self.image_keys:
                 batch["image_keys"] = torch.tensor([k for e in encoded for k in e["keys"]], dtype=torch.long)
+        elif self.blank_image:
+            self.add_blank_image(batch)
         return batch
+
+    def add_blank_image(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Give a text-only batch one blank image (zero pixels, as LLaVA does) whose visual tokens sit
+        in padding after the first row's text: attention 0, no label. The vision tower and projector
+        (and stage 1.5's matching and head) then run on every batch, so sharded engines (ZeRO-3,
+        FSDP) gather the same parameters on every rank, while no real token attends to the blank
+        tokens and no loss term counts them. In place; returns `batch`."""
+        rows = batch["input_ids"].shape[0]
+        tail = {"input_ids": torch.full((rows, self.n_visual), self.tokenizer.pad_token_id, dtype=torch.long),
+                "attention_mask": torch.zeros((rows, self.n_visual), dtype=torch.long),
+                "labels": torch.full((rows, self.n_visual), IGNORE, dtype=torch.long)}
+        tail["input_ids"][0] = self.image_token_id
+        for key, extra in tail.items():
+            batch[key] = torch.cat([batch[key], extra.to(batch[key].dtype)], dim=1)
+        batch["pixel_values"] = self.blank_pixels()
+        if self.image_keys:
+            batch["image_keys"] = torch.tensor([BLANK_IMAGE_KEY], dtype=torch.long)
+        return batch
+
+    def blank_pixels(self) -> torch.Tensor:
+        """Zero pixel values of one image, in the shape the image processor produces."""
+        if self._blank_pixels is None:
+            from PIL import Image
+
+            probe = self.processor.image_processor([Image.new("RGB", (8, 8))], return_tensors="pt")["pixel_values"]
+            self._blank_pixels = torch.zeros_like(probe)
+        return self._blank_pixels.clone()

@@ -37,6 +37,7 @@ class SkipMonitor:
         self.totals: Counter = Counter()
         self.samples = 0
         self.empty_batches = 0
+        self.last_images: int | None = None  # real images in the last observed batch (None: not counted)
         self._recent: deque = deque()  # one entry per sample: its skip reason, or None if trained on
         self._recent_counts: Counter = Counter()
 
@@ -44,6 +45,7 @@ class SkipMonitor:
         """Take the collator's statistics out of `batch` (so the model never sees them), count them,
         and say whether the batch has any sample to train on. Raises TooManySkipsError."""
         stats = pop_batch_stats(batch)
+        self.last_images = stats.get("images") if stats is not None else None
         if stats is not None:
             self.update(stats["samples"], stats["reasons"])
         empty = is_empty_batch(batch)

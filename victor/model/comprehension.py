@@ -128,6 +128,11 @@ class VisualComprehension(nn.Module):
         self.head = ReconstructionHead(
             config.recon_head, hidden, target_dim, self.n_visual, lcfg.text_config.num_attention_heads
         )
+        # the pool and head live in the LLM's dtype (bf16 under DeepSpeed), so an engine that flattens
+        # parameters into one buffer (ZeRO-3) sees one dtype; their values were drawn in fp32 above
+        dtype = llava.get_input_embeddings().weight.dtype
+        self.pool.data = self.pool.data.to(dtype)
+        self.head.to(dtype)
 
     # -- pool ---------------------------------------------------------------------------------
     def _init_pool(self):

@@ -155,6 +155,15 @@ def replica_mismatches(module: torch.nn.Module) -> list[str]:
     return [n for n, i in positions.items() if not (same[i] and same[i + 1])]
 
 
+def from_every_rank(value) -> list:
+    """[rank 0's value, rank 1's, ...] (picklable values); [value] on one process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def sum_across_ranks(counts: dict[str, int]) -> dict[str, int]:
     """Per-key sums over all processes (keys may differ between ranks); the dict itself on one process."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -174,8 +183,9 @@ def placeholder_batch(dataset, collator, trains_llm: bool, seed: int) -> dict:
     otherwise (stage 1) the first readable image sample, its labels cleared."""
     pad = collator.tokenizer.pad_token_id
     if trains_llm:
-        return {"input_ids": torch.tensor([[pad]]), "attention_mask": torch.ones(1, 1, dtype=torch.long),
-                "labels": torch.full((1, 1), -100)}
+        batch = {"input_ids": torch.tensor([[pad]]), "attention_mask": torch.ones(1, 1, dtype=torch.long),
+                 "labels": torch.full((1, 1), -100)}
+        return collator.add_blank_image(batch) if collator.blank_image else batch
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
     for index in order[:1000]:
         sample = dataset[index]

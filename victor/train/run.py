@@ -23,6 +23,7 @@ from victor.train.checkpoint import load_extra_state, resolve_resume
 from victor.train.engine import (
     init_distributed,
     load_dtype,
+    from_every_rank,
     placeholder_batch,
     replica_mismatches,
     seed_pool_from_data,
@@ -85,7 +86,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 
     collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length,
-                             image_keys=stage.comprehension, batch_stats=True)
+                             image_keys=stage.comprehension, batch_stats=True, blank_image=True)
     check_lengths_fit(dataset, collator, data_args.max_length, training_args.seed)
     if stage.comprehension and comp_args.pool_init == "tokens" and resume is None:
         seed_pool_from_data(trained, dataset, collator, training_args)
@@ -121,6 +122,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         check_trained(samples, skipped, data_args.max_skip_fraction, KEPT)
     trainer.save_model(training_args.output_dir)
     mismatched = replica_mismatches(trainer.accelerator.unwrap_model(trainer.model_wrapped))
+    text_only = from_every_rank(trainer.text_only_micro_batches)
     empty_batches = sum_across_ranks({"n": trainer.skip_monitor.empty_batches}).get("n", 0)
     log.info("stage %s: %d of %d planned steps; %d samples skipped %s", stage.name, result.global_step,
              trainer.state.max_steps, sum(n for r, n in skipped.items() if r != "truncated_text"), skipped)
@@ -141,6 +143,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
             "trainable_parameters": counts,
             "skipped_samples": skipped,
             "empty_batches": empty_batches,
+            "text_only_micro_batches": text_only,
             "empty_steps_skipped": trainer.nonfinite.empty_steps,
             "planned_steps": trainer.state.max_steps,
             "train_loss": result.training_loss,

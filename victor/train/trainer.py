@@ -43,7 +43,9 @@ class VictorTrainer(Trainer):
         self.loss_normalization = loss_normalization
         self._num_recon_items = None
         self._terms: dict[str, torch.Tensor] = {}  # the objective's terms since the last log, as reported
-        self._last_logged_step: int | None = None  # the step the reported terms start after (set on resume too)
+        self._last_logged_step: int | None = None
+        self.micro_batches = 0
+        self.text_only_micro_batches: list[int] = []  # ordinals (1-based, this process) of micro-batches without images  # the step the reported terms start after (set on resume too)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir, lambda: self.state.global_step)
         self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
         self.placeholder_batch = placeholder_batch
@@ -93,6 +95,9 @@ class VictorTrainer(Trainer):
         joins the same forward/backward collectives and contributes nothing; a step with no data
         anywhere is skipped by the optimizer guard."""
         usable = self.skip_monitor.observe(inputs)
+        self.micro_batches += 1
+        if usable and self.skip_monitor.last_images == 0 and len(self.text_only_micro_batches) < 1000:
+            self.text_only_micro_batches.append(self.micro_batches)
         self.nonfinite.note_batch(usable)
         self._placeholder_step = not usable
         if not usable:

@@ -48,9 +48,6 @@ def mixed(backbones, tmp_path_factory):
 
 
 def test_a_text_only_batch_gets_a_blank_image_in_padding(tiny_llava):
-    from conftest import make_tokenizer
-    from transformers import LlavaProcessor
-
     from victor.data.llava import Sample
 
     model, processor = tiny_llava
@@ -73,7 +70,6 @@ def test_a_text_only_batch_gets_a_blank_image_in_padding(tiny_llava):
         without = model(**plain)
     assert torch.allclose(with_blank.loss, without.loss, atol=1e-6)
     assert torch.allclose(with_blank.logits[:, :width], without.logits, atol=1e-5)
-    del make_tokenizer, LlavaProcessor
 
 
 def test_the_blank_image_adds_nothing_to_stage15_losses_or_pool_usage(tiny_llava):
@@ -98,6 +94,7 @@ def test_the_blank_image_adds_nothing_to_stage15_losses_or_pool_usage(tiny_llava
     assert vc.pool.grad is not None and float(vc.pool.grad.abs().sum()) == 0.0
     assert all(p.grad is not None for p in vc.head.parameters())
     assert all(p.grad is not None for p in model.model.multi_modal_projector.parameters())
+    model.zero_grad(set_to_none=True)  # the model is the session's fixture
 
 
 def stage2_args(root, out, extra=()):
@@ -158,3 +155,35 @@ def test_zero3_in_bf16_runs_stage15_and_saves_a_checkpoint_that_reloads_equal(mi
     assert torch.equal(extra["pool"], final["extra.pool"])
     history = json.loads((out / "victor_stage.json").read_text())["log_history"]
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history if "loss" in h)
+
+
+@pytest.mark.parametrize("kernel", ["flash_attention_2", "flash_attention_3"])
+@pytest.mark.parametrize("mode", ["prefix", "bidirectional-visual"])
+def test_a_mask_the_kernel_cannot_apply_is_refused_before_loading(mixed, tmp_path, monkeypatch, kernel, mode):
+    from victor.config import ConfigError
+    from victor.model import assemble
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the refusal")
+
+    monkeypatch.setattr(assemble, "load_model", no_loading)
+    monkeypatch.setattr("victor.train.run.load_model", no_loading)
+    with pytest.raises(ConfigError, match=rf"attention='{mode}' needs a mask that attn_implementation='{kernel}' "
+                                          r"cannot apply .* use attn_implementation eager, sdpa, flex_attention"):
+        train_from_recipe(None, stage15_args(mixed, tmp_path / "x", 2, 1, extra=["--attention", mode,
+                                                                                  "--attn_implementation", kernel]))
+
+
+def test_the_module_refuses_a_model_loaded_with_a_padding_only_kernel(tiny_llava):
+    from victor.config import ComprehensionConfig
+    from victor.model.comprehension import VisualComprehension
+
+    model, _ = tiny_llava
+    saved = model.config.text_config._attn_implementation
+    model.config.text_config._attn_implementation = "flash_attention_2"
+    try:
+        with pytest.raises(ValueError, match="silently run causal"):
+            VisualComprehension(model, ComprehensionConfig(pool_size=32, pool_init="unit", attention="prefix"))
+        VisualComprehension(model, ComprehensionConfig(pool_size=32, pool_init="unit", attention="causal"))
+    finally:
+        model.config.text_config._attn_implementation = saved

@@ -90,6 +90,19 @@ def block_ids(input_ids, attention_mask, labels, image_token_id: int, n_visual: 
     return torch.where(in_prefix & attention_mask.bool(), 0, -1)
 
 
+# attention kernels that take the blockwise 4-D mask (or BlockMask) `create_causal_mask` builds for the
+# bidirectional-visual and prefix modes; flash-attention kernels take padding only and would run causal
+MASK_KERNELS = ("eager", "sdpa", "flex_attention")
+
+
+def check_attention_kernel(mode: str, kernel: str | None) -> None:
+    """Refuse an attention mode the kernel cannot express (it would silently train causal)."""
+    if mode != "causal" and (kernel or "sdpa") not in MASK_KERNELS:
+        raise ValueError(f"attention={mode!r} needs a mask that attn_implementation={kernel!r} cannot apply (it "
+                         f"would silently run causal attention); use attn_implementation {', '.join(MASK_KERNELS)} "
+                         f"(flex_attention is the fused choice on GPUs), or attention='causal'")
+
+
 # transformers renamed create_causal_mask's `past_key_values` to `cache` (5.2x); accept both.
 _CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 
@@ -119,6 +132,7 @@ class VisualComprehension(nn.Module):
         lcfg = llava.config
         self.n_visual = lcfg.image_seq_length
         config.validate(self.n_visual)
+        check_attention_kernel(config.attention, getattr(lcfg.text_config, "_attn_implementation", None))
         hidden = lcfg.text_config.hidden_size
         self.pool = nn.Parameter(torch.empty(config.pool_size, hidden))
         self.register_buffer("pool_ready", torch.tensor(config.pool_init != "tokens"))

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from victor.config import ConfigError, Recipe, check_choices
+from victor.model.comprehension import check_attention_kernel
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
@@ -87,6 +88,10 @@ def preflight(recipe: Recipe, comprehension: bool) -> None:
     check_max_length(data.max_length, n_visual)
     if comprehension:
         recipe.comprehension.validate(n_visual)
+        try:
+            check_attention_kernel(recipe.comprehension.attention, model.attn_implementation)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         if recipe.comprehension.pool_init == "checkpoint":
             saved_pool("pool_init=checkpoint", model.init_from, recipe.comprehension.pool_size)
     for option in ("projector_lr", "llm_lr", "vision_lr"):

@@ -187,3 +187,23 @@ def test_the_module_refuses_a_model_loaded_with_a_padding_only_kernel(tiny_llava
         VisualComprehension(model, ComprehensionConfig(pool_size=32, pool_init="unit", attention="causal"))
     finally:
         model.config.text_config._attn_implementation = saved
+
+
+def test_the_stage15_forward_without_labels_returns_logits_and_no_loss(tiny_llava):
+    from victor.config import ComprehensionConfig
+    from victor.data.llava import Sample
+    from victor.model.comprehension import VisualComprehension
+
+    model, processor = tiny_llava
+    vc = VisualComprehension(model, ComprehensionConfig(pool_size=32, pool_init="unit"))
+    vc.eval()
+    n_visual = model.config.image_seq_length
+    from PIL import Image as PILImage
+    sample = Sample("i", [{"role": "user", "content": "<image>\ndescribe ."}, {"role": "assistant", "content": "red ."}],
+                    [PILImage.new("RGB", (32, 32), (200, 10, 10))], 0)
+    batch = LlavaCollator(processor, n_visual, "chat", image_keys=True)([sample])
+    with torch.no_grad():
+        out = vc(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_keys=batch["image_keys"])
+        supervised = vc(**batch)
+    assert out["loss"] is None and supervised["loss"] is not None
+    assert torch.allclose(out["logits"], supervised["logits"], atol=1e-5)  # same masks, same matches

@@ -83,10 +83,10 @@ def block_ids(input_ids, attention_mask, labels, image_token_id: int, n_visual: 
         is_image = input_ids == image_token_id
         ordinal = (is_image.cumsum(dim=1) - 1) // n_visual  # which image of the sample
         return torch.where(is_image, ordinal, -1)
-    # prefix: everything before the first supervised token is one bidirectional block
-    supervised = labels != -100
-    first = torch.where(supervised.any(dim=1), supervised.int().argmax(dim=1), labels.shape[1])
-    in_prefix = torch.arange(labels.shape[1], device=labels.device)[None, :] < first[:, None]
+    # prefix: everything before the first supervised token is one bidirectional block (no labels: all of it)
+    supervised = labels != -100 if labels is not None else torch.zeros_like(input_ids, dtype=torch.bool)
+    first = torch.where(supervised.any(dim=1), supervised.int().argmax(dim=1), supervised.shape[1])
+    in_prefix = torch.arange(supervised.shape[1], device=supervised.device)[None, :] < first[:, None]
     return torch.where(in_prefix & attention_mask.bool(), 0, -1)
 
 
@@ -213,8 +213,8 @@ class VisualComprehension(nn.Module):
         replaced = tokens.masked_scatter(mask.unsqueeze(-1), self.pool[rows].to(tokens.dtype))
         return replaced, mask, rows, row_cost
 
-    def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_keys=None, mask_step: int = 0,
-                num_items_in_batch=None, num_recon_items=None, **kwargs):
+    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, image_keys=None,
+                mask_step: int = 0, num_items_in_batch=None, num_recon_items=None, **kwargs):
         """Every batch, text-only or not, runs the LLM through `run_llm` under the stage's attention
         mode, so a sample's logits and loss do not depend on its batch mates: in `prefix` mode a
         text-only sample's prompt is bidirectional whether or not an image sample shares its batch.
@@ -225,7 +225,16 @@ class VisualComprehension(nn.Module):
         Visual positions under padding (the collator's blank image of a text-only batch, which
         keeps every rank running the same modules) count nowhere: no loss, no pool usage."""
         llava, lcfg = self.llava, self.llava.config
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         embeds = llava.get_input_embeddings()(input_ids)
+        if labels is None:  # like any transformers model: logits, no loss
+            if pixel_values is not None:
+                tokens = torch.stack(list(llava.model.get_image_features(pixel_values=pixel_values).pooler_output))
+                replaced = self.mask_and_match(tokens, image_keys, mask_step)[0]
+                is_image = (input_ids == lcfg.image_token_id).unsqueeze(-1)
+                embeds = embeds.masked_scatter(is_image, replaced.reshape(-1, replaced.shape[-1]).to(embeds.dtype))
+            logits = llava.lm_head(self.run_llm(embeds, input_ids, attention_mask, None))
+            return {"loss": None, "logits": logits, "lm_loss": None, "recon_loss": None, "stats": {}}
         if pixel_values is None:  # a text-only batch: nothing to mask or reconstruct
             self._count_usage(torch.zeros_like(self.usage))  # every rank joins the same collectives
             logits, lm_loss = self.language_model_loss(embeds, input_ids, attention_mask, labels, num_items_in_batch)

@@ -31,6 +31,7 @@ from victor.train.checkpoint import (
     split_state_dict,
 )
 from victor.train.guards import NonFiniteGuard
+from victor.train.objective import StepCounts, step_counts
 from victor.train.stages import MODULES, modules_of
 
 
@@ -41,7 +42,7 @@ class VictorTrainer(Trainer):
                  loss_normalization: str = "batch", **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_normalization = loss_normalization
-        self._num_recon_items = None
+        self._counts = None  # objective.StepCounts of the current optimizer step
         self._terms: dict[str, torch.Tensor] = {}  # the objective's terms since the last log, as reported
         self._last_logged_step: int | None = None
         self.micro_batches = 0
@@ -106,23 +107,23 @@ class VictorTrainer(Trainer):
 
     # -- loss -----------------------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """The micro-batches of one optimizer step, and the global counts each loss term is a mean
-        over (docs/method.md): the Trainer counts answer tokens (`num_items_in_batch`); stage 1.5
-        adds the reconstructed visual positions, summed the same way over micro-batches and,
-        with `average_tokens_across_devices`, processes. `micro-batch` normalisation (the
-        authors') passes no counts, so each micro-batch is its own mean and the Trainer divides
-        by the accumulation steps."""
+        """The micro-batches of one optimizer step, and what each loss term is a mean over
+        (`objective.step_counts`). Under `batch` normalisation the step's per-process answer-token
+        count is handed on as `num_items_in_batch`; under `micro-batch`, None, and the Trainer
+        divides each micro-batch's mean by the accumulation steps."""
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        self._num_recon_items = None
+        core = self.accelerator.unwrap_model(self.model)
+        recon_of = (lambda b: core.recon_items(b["input_ids"], b["attention_mask"])) \
+            if isinstance(core, VisualComprehension) else None
+        self._counts = step_counts(
+            self.loss_normalization, num_items, batches, recon_of, self.args.world_size,
+            self.args.average_tokens_across_devices, len(batches),
+            gather_sum=lambda t: self.accelerator.gather(t.to(device).reshape(1)).sum())
         if self.loss_normalization == "micro-batch":
             return batches, None
-        core = self.accelerator.unwrap_model(self.model)
-        if isinstance(core, VisualComprehension) and num_items is not None:
-            count = sum((core.recon_items(b["input_ids"], b["attention_mask"]) for b in batches), torch.tensor(0))
-            if self.args.average_tokens_across_devices and self.args.world_size > 1:
-                count = self.accelerator.gather(count.to(device).reshape(1)).sum()
-            self._num_recon_items = count.to(device)
-        return batches, num_items
+        if isinstance(core, VisualComprehension):
+            return batches, self._counts.lm_items
+        return batches, num_items  # the stock model: Trainer.compute_loss does the same world scaling
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, out = self._compute_loss(model, inputs, num_items_in_batch)
@@ -134,17 +135,12 @@ class VictorTrainer(Trainer):
         core = self.accelerator.unwrap_model(model)
         if not isinstance(core, VisualComprehension):
             return super().compute_loss(model, inputs, True, num_items_in_batch)
-        out = model(**inputs, mask_step=self.state.global_step, num_items_in_batch=num_items_in_batch,
-                    num_recon_items=self._num_recon_items if num_items_in_batch is not None else None)
-        # With counts summed across devices each term is this rank's share of a global mean; the
-        # engines average gradients over ranks, so (as Trainer.compute_loss does) the loss is
-        # scaled by the world size.
-        world = self.accelerator.num_processes
-        scale = world if (self.args.average_tokens_across_devices and num_items_in_batch is not None) else 1
+        counts = self._counts or StepCounts(None, None, 1.0)  # outside a training step (evaluation)
+        out = model(**inputs, mask_step=self.state.global_step, num_items_in_batch=counts.lm_items,
+                    num_recon_items=counts.recon_items)
         if model.training and not getattr(self, "_placeholder_step", False):
-            self._note_terms(out, scale / world if num_items_in_batch is not None
-                             else 1.0 / (world * self.current_gradient_accumulation_steps))
-        return out["loss"] * scale, out
+            self._note_terms(out, counts.report_share)
+        return out["loss"], out
 
     def _note_terms(self, out: dict, share: float) -> None:
         """Add this micro-batch's part of the step's reported terms: summed over the step's

@@ -30,7 +30,7 @@ from victor.train.checkpoint import (
     save_extra_state,
     split_state_dict,
 )
-from victor.train.guards import NonFiniteGuard
+from victor.train.guards import GuardCallback, NonFiniteGuard
 from victor.train.stages import MODULES, modules_of
 
 
@@ -40,6 +40,7 @@ class VictorTrainer(Trainer):
                  skip_monitor: SkipMonitor | None = None, placeholder_batch: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir, lambda: self.state.global_step)
+        self.add_callback(GuardCallback(self))  # re-hooks the guard where the engine put its own optimizer
         self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
         self.placeholder_batch = placeholder_batch
         self.module_lrs = module_lrs or {}
@@ -78,7 +79,7 @@ class VictorTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-        self.optimizer.register_step_pre_hook(self.nonfinite)
+        self.nonfinite.hook(self.optimizer)
         return self.optimizer
 
     # -- steps ----------------------------------------------------------------------------------

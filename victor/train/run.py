@@ -21,8 +21,10 @@ from victor.model.assemble import (
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import load_extra_state, resolve_resume
 from victor.train.engine import (
+    fsdp_requested,
     init_distributed,
     load_dtype,
+    one_activation_checkpointing,
     placeholder_batch,
     replica_mismatches,
     seed_pool_from_data,
@@ -65,10 +67,11 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     model_args, data_args, stage_args = recipe.model, recipe.data, recipe.stage
     comp_args, training_args = recipe.comprehension, recipe.training
     stage = resolve_stage(stage_args.stage, stage_args.train_vision, stage_args.comprehension, data_args.template)
+    if fsdp_requested(training_args) and (training_args.use_cpu or not torch.cuda.is_available()):
+        raise ConfigError(fsdp_refusal(training_args, "a CPU run"))
     preflight(recipe, stage.comprehension)
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    if training_args.fsdp and (training_args.use_cpu or not torch.cuda.is_available()):
-        raise ConfigError(fsdp_refusal(training_args, "a CPU run"))
+    one_activation_checkpointing(training_args)
     dataset = LlavaDataset(data_args.data_path, data_args.image_root, max_image_pixels=data_args.max_image_pixels)
     init_distributed(training_args)
     # everything random that exists before the Trainer (projector, pool, head) is built after seeding
@@ -108,7 +111,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         skip_monitor=SkipMonitor(data_args.max_skip_fraction, window=data_args.skip_window,
                                  min_samples=min(100, data_args.skip_window)),
     )
-    if training_args.fsdp and not trainer.is_fsdp_enabled:
+    if fsdp_requested(training_args) and not trainer.is_fsdp_enabled:
         raise ConfigError(fsdp_refusal(training_args, trainer.accelerator.distributed_type))
     start_step = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json")).global_step if resume else 0
     result = trainer.train(resume_from_checkpoint=resume)
@@ -154,7 +157,8 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
 
 
 def fsdp_refusal(training_args, how) -> str:
-    return (f"--fsdp {training_args.fsdp!r} was asked for, but accelerate runs this job as {how}, without FSDP "
+    asked = f"--fsdp {training_args.fsdp!r}" if training_args.fsdp else "FSDP (accelerate launch's FSDP config)"
+    return (f"{asked} was asked for, but accelerate runs this job as {how}, without FSDP "
             "(on CPU the Trainer ignores --fsdp and would silently run plain DDP). Shard with DeepSpeed ZeRO-3 "
             "(--deepspeed recipes/deepspeed/zero3.json), or run FSDP on GPUs.")
 

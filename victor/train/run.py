@@ -19,7 +19,7 @@ from victor.model.assemble import (
     with_aspect_ratio,
 )
 from victor.model.comprehension import VisualComprehension
-from victor.train.checkpoint import load_extra_state, resolve_resume
+from victor.train.checkpoint import check_world_size, load_extra_state, resolve_resume
 from victor.train.engine import (
     fsdp_requested,
     init_distributed,
@@ -29,6 +29,7 @@ from victor.train.engine import (
     replica_mismatches,
     seed_pool_from_data,
     sum_across_ranks,
+    uses_deepspeed,
 )
 from victor.train.preflight import check_max_length, preflight
 from victor.train.stages import apply_freezing, resolve_stage
@@ -70,10 +71,13 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     if fsdp_requested(training_args) and (training_args.use_cpu or not torch.cuda.is_available()):
         raise ConfigError(fsdp_refusal(training_args, "a CPU run"))
     preflight(recipe, stage.comprehension)
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    engine = "deepspeed" if uses_deepspeed(training_args) else "fsdp" if fsdp_requested(training_args) else "torch"
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, engine)
     one_activation_checkpointing(training_args)
     dataset = LlavaDataset(data_args.data_path, data_args.image_root, max_image_pixels=data_args.max_image_pixels)
     init_distributed(training_args)
+    if resume:
+        check_world_size(resume, engine, training_args.world_size)
     # everything random that exists before the Trainer (projector, pool, head) is built after seeding
     set_seed(training_args.seed)
     model, processor = make_model(model_args, dtype=load_dtype(training_args))

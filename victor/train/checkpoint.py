@@ -15,6 +15,7 @@ safetensors, processor) and, in stage 1.5, the pool and head in `comprehension.s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -29,6 +30,9 @@ EXTRA_STATE = "comprehension.safetensors"
 STAGING = ".staging"  # where checkpoint-N is written before it is renamed into place
 LLAVA_PREFIX = "llava."
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -160,22 +164,98 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
+ENGINES = ("torch", "deepspeed", "fsdp")  # torch: one process or DDP
+
+
+def checkpoint_engine(directory: str | os.PathLike) -> str:
+    """Which engine's training state a checkpoint holds: `deepspeed` (its `global_step*` folder),
+    `fsdp` (sharded optimizer folder), `torch` (`optimizer.pt`), or `model-only` (`save_only_model`:
+    weights and trainer state, no optimizer, which no engine can continue exactly)."""
+    d = Path(directory)
+    if any(p.is_dir() for p in d.glob("global_step*")):
+        return "deepspeed"
+    if any(d.glob("optimizer_0*")) or any(d.glob("pytorch_model_fsdp_0*")):
+        return "fsdp"
+    if (d / "optimizer.pt").is_file() or (d / "optimizer.safetensors").is_file():
+        return "torch"
+    return "model-only"
+
+
+def _unresumable(directory: Path, engine: str | None) -> str | None:
+    """Why `engine` cannot resume from this complete checkpoint, or None when it can."""
+    if engine is None:
+        return None
+    written = checkpoint_engine(directory)
+    if written == engine:
+        return None
+    if written == "model-only":
+        return "it holds no optimizer state (written with save_only_model)"
+    return f"it holds {written}'s optimizer state and this run uses {engine}"
+
+
+def deepspeed_world_size(directory: str | os.PathLike) -> int | None:
+    """How many data-parallel processes wrote a DeepSpeed ZeRO checkpoint (one optimizer-state
+    file per rank in `global_stepN/`), or None when it is not one."""
+    folders = sorted(p for p in Path(directory).glob("global_step*") if p.is_dir())
+    if not folders:
+        return None
+    return len(list(folders[-1].glob("*zero_pp_rank_*_optim_states.pt"))) or None
+
+
+def check_world_size(directory: str, engine: str, world_size: int) -> None:
+    """Refuse, before anything loads, a ZeRO checkpoint written by another number of processes:
+    its optimizer state is partitioned per rank, and DeepSpeed fails deep inside the load."""
+    if engine != "deepspeed":
+        return
+    saved = deepspeed_world_size(directory)
+    if saved is None or saved == world_size:
+        return
+    raise CheckpointError(
+        f"{directory} was written by {saved} DeepSpeed processes and this run has {world_size}: ZeRO's optimizer "
+        f"state is split per process and cannot be loaded on another count. Resume on {saved} processes; or "
+        f"continue from its weights with a fresh optimizer: --init_from {directory} (stage 1.5: with "
+        "--pool_init checkpoint) and --resume_from_checkpoint unset; or convert it to a DeepSpeed universal "
+        "checkpoint (python -m deepspeed.checkpoint.ds_to_universal) and load that with DeepSpeed "
+        "(not tested with victor). The grouped sampler's data order depends on the number of processes too.")
+
+
+def resolve_resume(resume: str | bool | None, output_dir: str, engine: str | None = None) -> str | None:
     """`--resume_from_checkpoint` -> a checkpoint directory, None (start fresh), or a clear error.
 
-    `auto` takes the newest complete checkpoint in `output_dir` and refuses to start fresh when
-    there is none; `auto-or-new` starts fresh then (for jobs that are requeued with the same
-    command). A path must be a training checkpoint, not a finished stage's output.
+    `auto` takes the newest complete checkpoint in `output_dir` that `engine` can resume (one
+    holding that engine's optimizer state; others are skipped with a warning saying why) and
+    refuses to start fresh when there is none; `auto-or-new` starts fresh when there is no
+    checkpoint at all (for jobs that are requeued with the same command), but not when the
+    checkpoints there are ones this engine cannot resume. A path must be a training checkpoint,
+    not a finished stage's output, and one `engine` can resume.
     """
     if resume in (None, False, "", "False", "false", "no"):
         return None
     if resume in (True, "True", "true", "auto", "auto-or-new"):
-        found = last_checkpoint(output_dir)
-        if found is None and resume != "auto-or-new":
+        root = Path(output_dir)
+        found = [(int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else ())
+                 if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
+        passed_over = []
+        for _, path in sorted(found, reverse=True):
+            if not is_complete(path):
+                continue
+            why = _unresumable(path, engine)
+            if why is None:
+                if passed_over:
+                    log.warning("--resume_from_checkpoint %s: resuming from %s; passed over %s", resume, path,
+                                "; ".join(passed_over))
+                return str(path)
+            passed_over.append(f"{path.name} ({why})")
+        if passed_over:
+            raise CheckpointError(
+                f"--resume_from_checkpoint {resume}: no checkpoint in {output_dir} that {engine} can resume: "
+                f"{'; '.join(passed_over)}. Resume with the engine that wrote it, or start from its weights "
+                f"with --init_from {root / passed_over[0].split(' ')[0]} (and a fresh optimizer)")
+        if resume != "auto-or-new":
             raise CheckpointError(
                 f"--resume_from_checkpoint auto: no complete checkpoint-N in {output_dir}; "
                 "use --resume_from_checkpoint auto-or-new to start from scratch when there is none")
-        return found
+        return None
     path = Path(resume)
     if not path.is_dir():
         raise CheckpointError(f"--resume_from_checkpoint {resume}: no such directory")
@@ -184,4 +264,8 @@ def resolve_resume(resume: str | bool | None, output_dir: str) -> str | None:
                 if (path / "victor_stage.json").is_file() else "")
         raise CheckpointError(f"--resume_from_checkpoint {resume}: not a complete training checkpoint "
                               f"(trainer_state.json and weights){hint}")
+    why = _unresumable(path, engine)
+    if why is not None:
+        raise CheckpointError(f"--resume_from_checkpoint {resume}: {engine} cannot resume it: {why}. Resume with "
+                              f"the engine that wrote it, or start from its weights with --init_from {resume}")
     return str(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 import torch
 import torch.distributed as dist
@@ -32,12 +33,59 @@ def zero3_enabled() -> bool:
     return is_deepspeed_zero3_enabled()
 
 
+def fsdp_requested(training_args) -> bool:
+    """FSDP asked for on the command line (`--fsdp`) or by `accelerate launch` with an FSDP config
+    (which sets ACCELERATE_USE_FSDP for the processes it starts)."""
+    return bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def fsdp_plugin(training_args):
+    """The accelerate FSDP plugin the Trainer will build (from `fsdp_config`, the rest from
+    accelerate launch's environment), or None when FSDP is not asked for."""
+    if not fsdp_requested(training_args):
+        return None
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    return FullyShardedDataParallelPlugin(**(training_args.fsdp_plugin_args or {}))
+
+
+def one_activation_checkpointing(training_args, plugin=None) -> None:
+    """Under FSDP with its own activation checkpointing (`fsdp_activation_checkpointing: true` in
+    recipes/fsdp/accelerate_fsdp2.yaml), turn the `activation_checkpointing` training argument
+    (set by the 7B recipes for DeepSpeed) off: the Trainer refuses both at once, and FSDP's own
+    avoids a redundant all-gather in the backward pass. Checkpointing stays on either way."""
+    plugin = plugin if plugin is not None else fsdp_plugin(training_args)
+    if plugin is None or not plugin.activation_checkpointing or not training_args.activation_checkpointing:
+        return
+    training_args.activation_checkpointing = training_args.gradient_checkpointing = False
+    log.info("activation checkpointing: FSDP's own (fsdp_activation_checkpointing in the accelerate config); "
+             "the recipe's activation_checkpointing training argument is turned off")
+
+
+def launcherless_single_process() -> None:
+    """`victor train` with DeepSpeed but without a launcher (one GPU): give the process the
+    environment a 1-process torchrun would, or DeepSpeed falls back to MPI discovery (mpi4py)."""
+    if any(k in os.environ for k in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")) or int(
+            os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return  # a launcher (torchrun, deepspeed, accelerate, mpirun, srun) set the processes up
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)})
+    log.info("DeepSpeed without a launcher: one process (RANK=0, WORLD_SIZE=1)")
+
+
 def init_distributed(training_args) -> None:
     """Set up the process group before anything collective (model loading under ZeRO-3 is).
 
     Accelerate does it for the Trainer (`args.device`); DeepSpeed's own communication layer
     is initialised on top of it, with gloo where there is no GPU (accelerate does not then).
     """
+    if uses_deepspeed(training_args):
+        launcherless_single_process()
     training_args.device  # noqa: B018 - property with the side effect of initialising the group
     if uses_deepspeed(training_args) and dist.is_available() and dist.is_initialized():
         import deepspeed

@@ -19,15 +19,18 @@ from victor.model.assemble import (
     with_aspect_ratio,
 )
 from victor.model.comprehension import VisualComprehension
-from victor.train.checkpoint import load_extra_state, resolve_resume
+from victor.train.checkpoint import check_world_size, load_extra_state, resolve_resume
 from victor.train.engine import (
+    fsdp_requested,
     init_distributed,
     load_dtype,
     from_every_rank,
+    one_activation_checkpointing,
     placeholder_batch,
     replica_mismatches,
     seed_pool_from_data,
     sum_across_ranks,
+    uses_deepspeed,
 )
 from victor.data.skips import KEPT
 from victor.train.preflight import check_lengths_fit, check_max_length, check_trained, preflight
@@ -67,12 +70,16 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     model_args, data_args, stage_args = recipe.model, recipe.data, recipe.stage
     comp_args, training_args = recipe.comprehension, recipe.training
     stage = resolve_stage(stage_args.stage, stage_args.train_vision, stage_args.comprehension, data_args.template)
-    preflight(recipe, stage.comprehension)
-    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    if training_args.fsdp and (training_args.use_cpu or not torch.cuda.is_available()):
+    if fsdp_requested(training_args) and (training_args.use_cpu or not torch.cuda.is_available()):
         raise ConfigError(fsdp_refusal(training_args, "a CPU run"))
+    preflight(recipe, stage.comprehension)
+    engine = "deepspeed" if uses_deepspeed(training_args) else "fsdp" if fsdp_requested(training_args) else "torch"
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, engine)
+    one_activation_checkpointing(training_args)
     dataset = LlavaDataset(data_args.data_path, data_args.image_root, max_image_pixels=data_args.max_image_pixels)
     init_distributed(training_args)
+    if resume:
+        check_world_size(resume, engine, training_args.world_size)
     # everything random that exists before the Trainer (projector, pool, head) is built after seeding
     set_seed(training_args.seed)
     model, processor = make_model(model_args, dtype=load_dtype(training_args))
@@ -112,7 +119,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         skip_monitor=SkipMonitor(data_args.max_skip_fraction, window=data_args.skip_window,
                                  min_samples=min(100, data_args.skip_window)),
     )
-    if training_args.fsdp and not trainer.is_fsdp_enabled:
+    if fsdp_requested(training_args) and not trainer.is_fsdp_enabled:
         raise ConfigError(fsdp_refusal(training_args, trainer.accelerator.distributed_type))
     start_step = TrainerState.load_from_json(os.path.join(resume, "trainer_state.json")).global_step if resume else 0
     result = trainer.train(resume_from_checkpoint=resume)
@@ -163,7 +170,8 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
 
 
 def fsdp_refusal(training_args, how) -> str:
-    return (f"--fsdp {training_args.fsdp!r} was asked for, but accelerate runs this job as {how}, without FSDP "
+    asked = f"--fsdp {training_args.fsdp!r}" if training_args.fsdp else "FSDP (accelerate launch's FSDP config)"
+    return (f"{asked} was asked for, but accelerate runs this job as {how}, without FSDP "
             "(on CPU the Trainer ignores --fsdp and would silently run plain DDP). Shard with DeepSpeed ZeRO-3 "
             "(--deepspeed recipes/deepspeed/zero3.json), or run FSDP on GPUs.")
 

@@ -56,6 +56,12 @@ def modules_of(model: torch.nn.Module) -> dict[str, str]:
     return {name: ids.get(id(p), "llm") for name, p in model.named_parameters()}
 
 
+def full_numel(param: torch.Tensor) -> int:
+    """Elements of the whole parameter: ZeRO-3 keeps a partition (numel 0 outside a gather) and
+    the full count in `ds_numel`; an FSDP2 DTensor's numel is already the full one."""
+    return int(getattr(param, "ds_numel", param.numel()))
+
+
 def apply_freezing(model: torch.nn.Module, stage: Stage) -> dict[str, int]:
     """Set requires_grad from the stage; return trainable parameter counts per module."""
     counts = dict.fromkeys(MODULES, 0)
@@ -64,5 +70,5 @@ def apply_freezing(model: torch.nn.Module, stage: Stage) -> dict[str, int]:
         module = owner[name]
         param.requires_grad_(module in stage.trains)
         if param.requires_grad:
-            counts[module] += param.numel()
+            counts[module] += full_numel(param)
     return counts

@@ -30,7 +30,7 @@ from victor.train.checkpoint import (
     save_extra_state,
     split_state_dict,
 )
-from victor.train.guards import NonFiniteGuard
+from victor.train.guards import GuardCallback, NonFiniteGuard
 from victor.train.objective import StepCounts, step_counts
 from victor.train.stages import MODULES, modules_of
 
@@ -44,10 +44,11 @@ class VictorTrainer(Trainer):
         self.loss_normalization = loss_normalization
         self._counts = None  # objective.StepCounts of the current optimizer step
         self._terms: dict[str, torch.Tensor] = {}  # the objective's terms since the last log, as reported
-        self._last_logged_step: int | None = None
+        self._last_logged_step: int | None = None  # the step the reported terms start after (set on resume too)
         self.micro_batches = 0
-        self.text_only_micro_batches: list[int] = []  # ordinals (1-based, this process) of micro-batches without images  # the step the reported terms start after (set on resume too)
+        self.text_only_micro_batches: list[int] = []  # ordinals (1-based, this process) of micro-batches without images
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir, lambda: self.state.global_step)
+        self.add_callback(GuardCallback(self))  # re-hooks the guard where the engine put its own optimizer
         self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
         self.placeholder_batch = placeholder_batch
         self.module_lrs = module_lrs or {}
@@ -86,7 +87,7 @@ class VictorTrainer(Trainer):
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
-        self.optimizer.register_step_pre_hook(self.nonfinite)
+        self.nonfinite.hook(self.optimizer)
         return self.optimizer
 
     # -- steps ----------------------------------------------------------------------------------

@@ -118,6 +118,8 @@ class ComprehensionConfig:
         "causal", "causal; bidirectional-visual: each image's tokens see each other (Croc paper); "
                   "prefix: the whole prompt before the first answer token is bidirectional (Croc code)")
     recon_head: ReconHead = _opt("linear", "linear (ViCToR) | transformer: one layer + positions + linear (Croc)")
+    recon_head_dropout: float = _opt(0.1, "dropout of the transformer head's BERT layer (the authors' 0.1); 0 makes "
+                                          "the head deterministic in training")
     recon_target: ReconTarget = _opt("projector", "projector: normalised projector output | vision: encoder features")
     recon_positions: ReconPositions = _opt("all", "all visual positions (published) | masked ones only")
     recon_weight: float = _opt(10.0, "weight of the reconstruction loss")
@@ -128,6 +130,8 @@ class ComprehensionConfig:
         check_choices(self)
         if not 0.0 < self.mask_ratio <= 1.0:
             raise ConfigError(f"mask_ratio={self.mask_ratio} must be in (0, 1]")
+        if not 0.0 <= self.recon_head_dropout < 1.0:
+            raise ConfigError(f"recon_head_dropout={self.recon_head_dropout} must be in [0, 1)")
         for name in ("pool_size",):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")

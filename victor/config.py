@@ -28,6 +28,7 @@ StageName = Literal["1", "1.5", "2"]
 Template = Literal["plain", "chat"]
 FeatureSelect = Literal["default", "full"]
 AspectRatio = Literal["pad", "native"]
+Resample = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
 ATTENTION_MODES: tuple[str, ...] = get_args(Attention)
 POOL_INITS: tuple[str, ...] = get_args(PoolInit)
@@ -71,6 +72,9 @@ class ModelArguments:
         None, "pad: pad each image to a square with the encoder's mean colour, then resize (LLaVA's `pad`: "
               "nothing is cropped); native: the encoder's own processor (CLIP: resize the short side and "
               "centre-crop); unset: keep init_from's processor, or the encoder's own. Saved with the checkpoint")
+    image_resample: Resample | None = _opt(
+        None, "the image processor's resize filter; unset: keep init_from's processor's, or the encoder's published "
+              "one. ViCToR's code resizes bicubic whatever the encoder publishes. Saved with the checkpoint")
 
 
 @dataclass

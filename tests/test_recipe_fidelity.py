@@ -233,7 +233,6 @@ FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
 DOC_SETTING = {"pool_init": "pool init", "matching": "matching", "pool_lr": "pool lr", "image_resample": "image resampling",
                "gradient_clipping": "gradient clipping", "loss_normalization": "loss normalisation",
                "optimizer": "optimizer"}
-PENDING = {"loss_normalization"}  # settings this branch has no option for yet: reported, skipped
 
 
 def doc_verdicts(recipe: str) -> list[tuple[str, list[str], str]]:
@@ -342,6 +341,8 @@ def effective(name: str, stage: str, processors: dict) -> dict:
         "optimizer": "adamw" if optimizer_cls is torch.optim.AdamW else optimizer_cls.__name__,
         "vision_lr": recipe.stage.vision_lr,
         "pool_lr": recipe.comprehension.pool_lr,
+        # TODO(issue 22): the lead's `loss_normalization` setting; None (not an option yet on this branch)
+        # differs from the authors' "micro-batch", which docs/recipes.md declares until it lands
         "loss_normalization": getattr(recipe.stage, "loss_normalization", None),
     }
     if stage == "1.5":
@@ -402,15 +403,12 @@ def test_effective_configuration_is_the_authors(name, effective_runs):
     verdicts = doc_verdicts(name)
     facts = [f for f in FACTS if f["recipe"] == name]
     assert len(facts) > 40
-    undocumented, pending = [], []
+    undocumented = []
     for fact in facts:
         for stage in fact["stage"]:
             ours = effective_runs[name, stage]
             assert fact["setting"] in ours, f"{name} {stage}: no effective value for {fact['setting']}"
             if matches(fact["setting"], fact["value"], ours):
-                continue
-            if fact["setting"] in PENDING and ours[fact["setting"]] is None:
-                pending.append(f"{fact['setting']} (stage {stage})")
                 continue
             row = DOC_SETTING.get(fact["setting"])
             said = [v for s, stages, v in verdicts if s == row and stage in stages]
@@ -426,8 +424,6 @@ def test_effective_configuration_is_the_authors(name, effective_runs):
         assert ours["global_batch"] == GLOBAL_BATCH[stage]
         # clipping does not depend on the engine: without DeepSpeed the Trainer clips at max_grad_norm
         assert ours["trainer_max_grad_norm"] == ours["gradient_clipping"]
-    if pending:
-        pytest.skip(f"TODO(issue 22, loss_normalization option): not yet an option on this branch: {pending}")
 
 
 def test_the_check_fails_on_a_changed_value(effective_runs):

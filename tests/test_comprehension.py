@@ -229,7 +229,8 @@ def test_default_init_is_image_dependent_and_paper_init_degenerates(model):
     # 4096 it is a single row; at hidden 64 the norms spread a little more)
     assert results["paper", "nearest"].unique().numel() <= 3
     sets = [set(r.tolist()) for r in results["paper", "hungarian"]]
-    assert all(len(s & sets[0]) >= 10 for s in sets)  # nearly the same 12 rows for every image
+    # nearly the same 12 rows for every image (two random 12-row sets of 256 share 0.6 rows on average)
+    assert all(len(s & sets[0]) >= 8 for s in sets)
     default = results["tokens", "nearest"]
     assert default.unique().numel() > 12
     sets = [set(r.tolist()) for r in results["tokens", "hungarian"]]
@@ -488,31 +489,6 @@ def test_usage_counters_are_exact_integers_past_float_precision(model):
     vc.usage[0] = 2**24  # a float32 counter stops counting here
     vc._count_usage(torch.tensor([1, 0, 0, 0]))
     assert int(vc.usage[0]) == 2**24 + 1
-
-
-def test_transformer_head_is_one_pre_norm_layer_per_image():
-    """Croc's head: learned positions (std 0.02), one pre-norm encoder layer (4x feed-forward, no
-    dropout, heads = gcd(LLM heads, hidden)), images as the batch dimension, then a linear map."""
-    from math import gcd
-
-    from victor.model.comprehension import ReconstructionHead
-
-    torch.manual_seed(0)
-    head = ReconstructionHead("transformer", hidden=48, out=8, n_visual=64, n_heads=32)
-    assert head.positions.shape == (64, 48)
-    assert 0.018 < float(head.positions.detach().std()) < 0.022
-    layer = head.layer
-    assert layer.self_attn.num_heads == gcd(32, 48) == 16
-    assert layer.linear1.out_features == 4 * 48 and layer.norm_first
-    assert layer.dropout.p == layer.dropout1.p == layer.dropout2.p == 0.0
-    head.train()  # no dropout: training mode gives the same output
-    x = torch.randn(3, 64, 48)
-    with torch.no_grad():
-        out = head(x)
-        assert out.shape == (3, 64, 8) and torch.equal(out, head(x))
-        # each image is its own sequence: image 0's output does not depend on the others
-        assert torch.allclose(head(x[:1]), out[:1], atol=1e-6)
-    assert ReconstructionHead("linear", 48, 8, 64, 32).proj.in_features == 48
 
 
 @pytest.mark.parametrize("init", ["paper", "unit"])

@@ -86,9 +86,10 @@ def test_recipe_code_path_with_tiny_stand_ins(name, vision, llm, tmp_path):
     hidden, n_visual = 64, 16  # the stand-in LLM's width; (32 / 8)^2 patches
     assert extra["pool"].shape == (16, hidden) and trainable["pool"] == 16 * hidden
     assert head["proj.weight"] == (hidden, hidden)  # recon_target: projector (the LLM's width)
-    if name == "croc-7b":  # learned positions + one transformer layer + linear
-        assert head["positions"] == (n_visual, hidden) and head["layer.self_attn.in_proj_weight"] == (3 * hidden, hidden)
-        assert head["layer.linear1.weight"] == (4 * hidden, hidden)
+    if name == "croc-7b":  # learned positions + one BertLayer (the authors') + linear
+        assert head["positions"] == (n_visual, hidden) and head["layer.attention.self.query.weight"] == (hidden, hidden)
+        assert head["layer.intermediate.dense.weight"] == (4 * hidden, hidden)
+        assert head["layer.output.LayerNorm.weight"] == (hidden,)
     else:
         assert set(head) == {"proj.weight", "proj.bias"}
     assert trainable["head"] == sum(extra[f"head.{k}"].numel() for k in head)

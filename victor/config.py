@@ -29,6 +29,7 @@ Template = Literal["plain", "chat"]
 LossNormalization = Literal["batch", "micro-batch"]
 FeatureSelect = Literal["default", "full"]
 AspectRatio = Literal["pad", "native"]
+Resample = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 
 ATTENTION_MODES: tuple[str, ...] = get_args(Attention)
 POOL_INITS: tuple[str, ...] = get_args(PoolInit)
@@ -72,6 +73,9 @@ class ModelArguments:
         None, "pad: pad each image to a square with the encoder's mean colour, then resize (LLaVA's `pad`: "
               "nothing is cropped); native: the encoder's own processor (CLIP: resize the short side and "
               "centre-crop); unset: keep init_from's processor, or the encoder's own. Saved with the checkpoint")
+    image_resample: Resample | None = _opt(
+        None, "the image processor's resize filter; unset: keep init_from's processor's, or the encoder's published "
+              "one. ViCToR's code resizes bicubic whatever the encoder publishes. Saved with the checkpoint")
 
 
 @dataclass
@@ -124,6 +128,8 @@ class ComprehensionConfig:
         "causal", "causal; bidirectional-visual: each image's tokens see each other (Croc paper); "
                   "prefix: the whole prompt before the first answer token is bidirectional (Croc code)")
     recon_head: ReconHead = _opt("linear", "linear (ViCToR) | transformer: one layer + positions + linear (Croc)")
+    recon_head_dropout: float = _opt(0.1, "dropout of the transformer head's BERT layer (the authors' 0.1); 0 makes "
+                                          "the head deterministic in training")
     recon_target: ReconTarget = _opt("projector", "projector: normalised projector output | vision: encoder features")
     recon_positions: ReconPositions = _opt("all", "all visual positions (published) | masked ones only")
     recon_head_dropout: float = _opt(0.1, "dropout inside the transformer head (the authors' BertConfig: 0.1)")
@@ -135,6 +141,8 @@ class ComprehensionConfig:
         check_choices(self)
         if not 0.0 < self.mask_ratio <= 1.0:
             raise ConfigError(f"mask_ratio={self.mask_ratio} must be in (0, 1]")
+        if not 0.0 <= self.recon_head_dropout < 1.0:
+            raise ConfigError(f"recon_head_dropout={self.recon_head_dropout} must be in [0, 1)")
         for name in ("pool_size",):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")

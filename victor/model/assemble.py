@@ -80,6 +80,26 @@ def processed_image_size(image_processor) -> tuple[int, int]:
     return size.get("height") or size.get("shortest_edge"), size.get("width") or size.get("shortest_edge")
 
 
+RESAMPLE_FILTERS = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL's numbering, as processors save it
+
+
+def with_resample(image_processor, resample: str | None):
+    """A copy of the image processor that resizes with `resample` ('bicubic', ...; None: unchanged)."""
+    if resample is None:
+        return image_processor
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"image_resample={resample!r}; choose one of {', '.join(RESAMPLE_FILTERS)}")
+    if not hasattr(image_processor, "resample"):
+        raise AssemblyError(f"{type(image_processor).__name__} has no resample setting to set to {resample}")
+    settings = image_processor.to_dict() | {"resample": RESAMPLE_FILTERS[resample]}
+    return type(image_processor).from_dict(settings)
+
+
+def image_processor_for(image_processor, aspect: str | None, resample: str | None):
+    """The processor a stage uses: the encoder's (or init_from's) with the recipe's aspect and filter."""
+    return with_resample(with_aspect_ratio(image_processor, aspect), resample)
+
+
 def with_aspect_ratio(image_processor, aspect: str | None):
     """The image processor for `aspect` ('pad', 'native' or None: unchanged).
 
@@ -132,16 +152,18 @@ def build_model(
     dtype: torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     image_aspect_ratio: str | None = None,
+    image_resample: str | None = None,
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """Assemble a LLaVA model from a vision encoder and a causal LM, both with their weights.
 
     `vision`, `llm` and `tokenizer` are hub ids or local directories. The projector is a fresh
     2-layer GELU MLP. With `normalize_projector`, projector outputs are L2-normalised per token
     (the authors' option) and the model gets its own model type (see `normalized.py`).
-    `image_aspect_ratio='pad'` makes the processor pad images to a square (`with_aspect_ratio`).
+    `image_aspect_ratio='pad'` makes the processor pad images to a square (`with_aspect_ratio`);
+    `image_resample` sets its resize filter (`with_resample`).
     """
     vision_tower = load_vision_tower(vision, dtype=dtype)
-    image_processor = with_aspect_ratio(AutoImageProcessor.from_pretrained(vision), image_aspect_ratio)
+    image_processor = image_processor_for(AutoImageProcessor.from_pretrained(vision), image_aspect_ratio, image_resample)
     lm = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(tokenizer or llm), chat_template)
 

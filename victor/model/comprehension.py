@@ -23,30 +23,59 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from transformers import BertConfig, BertLayer
 from transformers.masking_utils import create_causal_mask
 
 from victor.config import ComprehensionConfig
 from victor.model import matching
 
 
-class ReconstructionHead(nn.Module):
-    """`linear` (ViCToR) or `transformer`: learned positions + one layer + linear (Croc)."""
+# The authors' heads are initialised by their LLM's `post_init`: Linear and Embedding weights
+# N(0, initializer_range) (0.02 in Vicuna-7B v1.5 and Qwen2.5-7B-Instruct), biases 0, LayerNorm 1 / 0.
+HEAD_INIT_STD = 0.02
 
-    def __init__(self, kind: str, hidden: int, out: int, n_visual: int, n_heads: int):
+
+def croc_block_config(hidden: int, dropout: float = 0.1) -> BertConfig:
+    """The Croc head's block (croc_llama.py:50): BertConfig defaults (post-LN, GELU, eps 1e-12, dropout
+    0.1) with width `hidden`, a 4x feed-forward and heads of 64 dims (64 heads at 4096). Widths that 64
+    does not divide (tiny test models) get the largest head count <= hidden // 64 that divides them."""
+    heads = max(1, hidden // 64)
+    while hidden % heads:
+        heads -= 1
+    return BertConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads,
+                      hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+
+
+def _init_like_authors(module: nn.Module, std: float = HEAD_INIT_STD) -> None:
+    """Linear weights N(0, std), biases 0; LayerNorm weight 1, bias 0 (their `_init_weights`)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class ReconstructionHead(nn.Module):
+    """`linear` (ViCToR: one nn.Linear) or `transformer` (Croc): learned positions + one transformers
+    `BertLayer` built from `croc_block_config` + linear. Every weight N(0, 0.02) as in both authors' code."""
+
+    def __init__(self, kind: str, hidden: int, out: int, n_visual: int, dropout: float = 0.1):
         super().__init__()
         self.kind = kind
         if kind == "transformer":
-            self.positions = nn.Parameter(torch.zeros(n_visual, hidden))
-            nn.init.normal_(self.positions, std=0.02)
-            heads = math.gcd(n_heads, hidden)
-            self.layer = nn.TransformerEncoderLayer(
-                hidden, heads, dim_feedforward=4 * hidden, batch_first=True, norm_first=True, dropout=0.0
-            )
+            # the authors' nn.Embedding(576, hidden) looked up at 0..n-1: one learned row per position
+            self.positions = nn.Parameter(torch.empty(n_visual, hidden))
+            nn.init.normal_(self.positions, std=HEAD_INIT_STD)
+            self.layer = BertLayer(croc_block_config(hidden, dropout))
         self.proj = nn.Linear(hidden, out)
+        _init_like_authors(self)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [images, n_visual, hidden]
         if self.kind == "transformer":
-            hidden = self.layer(hidden + self.positions)
+            hidden = self.layer(hidden + self.positions)  # no mask: each image's tokens see each other
         return self.proj(hidden)
 
 
@@ -140,7 +169,7 @@ class VisualComprehension(nn.Module):
         self._init_pool()
         target_dim = hidden if config.recon_target == "projector" else lcfg.vision_config.hidden_size
         self.head = ReconstructionHead(
-            config.recon_head, hidden, target_dim, self.n_visual, lcfg.text_config.num_attention_heads
+            config.recon_head, hidden, target_dim, self.n_visual, config.recon_head_dropout
         )
         # the pool and head live in the LLM's dtype (bf16 under DeepSpeed), so an engine that flattens
         # parameters into one buffer (ZeRO-3) sees one dtype; their values were drawn in fp32 above

@@ -16,7 +16,7 @@ from victor.model.assemble import (
     build_model,
     load_model,
     prepare_tokenizer,
-    with_aspect_ratio,
+    image_processor_for,
 )
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import check_world_size, load_extra_state, resolve_resume
@@ -47,7 +47,8 @@ def make_model(model_args, dtype=None):
         if model_args.chat_template:
             prepare_tokenizer(processor.tokenizer, model_args.chat_template)
             processor.chat_template = processor.tokenizer.chat_template
-        processor.image_processor = with_aspect_ratio(processor.image_processor, model_args.image_aspect_ratio)
+        processor.image_processor = image_processor_for(processor.image_processor, model_args.image_aspect_ratio,
+                                                        model_args.image_resample)
         return model, processor
     if not (model_args.vision and model_args.llm):
         raise ConfigError("set either init_from (a previous stage's output) or both vision and llm")
@@ -62,6 +63,7 @@ def make_model(model_args, dtype=None):
         dtype=dtype,
         attn_implementation=model_args.attn_implementation,
         image_aspect_ratio=model_args.image_aspect_ratio,
+        image_resample=model_args.image_resample,
     )
 
 

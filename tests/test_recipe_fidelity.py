@@ -341,9 +341,8 @@ def effective(name: str, stage: str, processors: dict) -> dict:
         "optimizer": "adamw" if optimizer_cls is torch.optim.AdamW else optimizer_cls.__name__,
         "vision_lr": recipe.stage.vision_lr,
         "pool_lr": recipe.comprehension.pool_lr,
-        # TODO(issue 22): the lead's `loss_normalization` setting; None (not an option yet on this branch)
         # differs from the authors' "micro-batch", which docs/recipes.md declares until it lands
-        "loss_normalization": getattr(recipe.stage, "loss_normalization", None),
+        "loss_normalization": recipe.stage.loss_normalization,
     }
     if stage == "1.5":
         c = recipe.comprehension

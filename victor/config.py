@@ -132,7 +132,6 @@ class ComprehensionConfig:
                                           "the head deterministic in training")
     recon_target: ReconTarget = _opt("projector", "projector: normalised projector output | vision: encoder features")
     recon_positions: ReconPositions = _opt("all", "all visual positions (published) | masked ones only")
-    recon_head_dropout: float = _opt(0.1, "dropout inside the transformer head (the authors' BertConfig: 0.1)")
     recon_weight: float = _opt(10.0, "weight of the reconstruction loss")
     recon_beta: float = _opt(0.01, "SmoothL1 beta of the reconstruction loss")
 

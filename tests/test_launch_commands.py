@@ -113,7 +113,8 @@ def test_every_launch_command_loads_what_it_names(where, command, monkeypatch):
             ds = HfTrainerDeepSpeedConfig(json.loads(Path(t.deepspeed).read_text()))
             ds.trainer_config_process(t)  # fills the `auto` values from the recipe; refuses contradictions
             assert ds.get_value("train_micro_batch_size_per_gpu") == t.per_device_train_batch_size
-        tunes_for_gpus = cmd["launcher"] != "victor" or "--gradient_accumulation_steps" in cmd["options"]
+        published = not recipe.startswith("recipes/tiny/")  # the tiny recipe's batch is its own
+        tunes_for_gpus = published and (cmd["launcher"] != "victor" or "--gradient_accumulation_steps" in cmd["options"])
         if tunes_for_gpus and nodes is not None:
             global_batch = t.per_device_train_batch_size * t.gradient_accumulation_steps * gpus * nodes
             assert global_batch == PUBLISHED_GLOBAL_BATCH[parsed.stage.stage], (
@@ -220,3 +221,28 @@ def test_the_first_stage1_and_torchrun_stage15_commands_run_on_the_tiny_recipe(b
         assert record["steps_run"] == 2 and record["world_size"] == nproc and (out / "model.safetensors").is_file()
     assert record["stage"] == "1.5" and record["trainable_parameters"]["pool"] == 32 * 64
     assert record["trainable_parameters"]["llm"] > 0  # counted in full under ZeRO-3 (ds_numel)
+
+
+def test_the_readme_zero3_bf16_command_runs_stage15_on_the_tiny_recipe(backbones, tiny_data, tmp_path):
+    """The README's one-process ZeRO-3 + bf16 stage 1.5 of the tiny recipe (the 7B recipes' engine
+    and precision), run as written but for the tiny data's paths and 2 steps."""
+    from victor.train.run import train_from_recipe
+
+    vision, llm = backbones
+    s1 = tmp_path / "s1"
+    train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(tiny_data / "d.json"),
+                             "--image_root", str(tiny_data / "img"), "--output_dir", str(s1), "--max_steps", "1",
+                             "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",
+                             "--use_cpu", "True"])
+    (cmd,) = [parse_command(c) for _, c in COMMANDS if "recipes/tiny/stage1_5.yaml" in c and "zero3" in c]
+    assert "--bf16" in cmd["options"] and cmd["nproc"] == "1"
+    out = tmp_path / "s15"
+    proc = subprocess.run(on_tiny(cmd, ["--init_from", str(s1)], tiny_data, out, 1), capture_output=True, text=True,
+                          timeout=600, env=ENV, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    record = json.loads((out / "victor_stage.json").read_text())
+    assert record["steps_run"] == 2 and record["trainable_parameters"]["llm"] > 0
+    from safetensors.torch import load_file
+    import torch
+
+    assert load_file(str(out / "comprehension.safetensors"))["pool"].dtype == torch.bfloat16

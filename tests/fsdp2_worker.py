@@ -27,13 +27,13 @@ from victor.data.collate import LlavaCollator
 from victor.data.llava import LlavaDataset
 from victor.model.assemble import load_model
 from victor.model.comprehension import VisualComprehension
+from victor.model.comprehension_state import load_state as load_extra_state
+from victor.model.comprehension_state import save_state as save_extra_state
 from victor.train.checkpoint import (
     check_full,
     full_shapes,
-    load_extra_state,
     load_llava_weights,
     load_state_into,
-    save_extra_state,
     split_state_dict,
 )
 from victor.train.engine import seed_pool_from_data

@@ -25,7 +25,7 @@ from transformers import (
 
 from victor.model.assemble import load_model
 from victor.model.convert import ConversionError, convert
-from victor.train.checkpoint import EXTRA_STATE
+from victor.model.comprehension_state import STATE_FILE as EXTRA_STATE
 
 QUESTION = "what colour is the circle ?"
 
@@ -153,7 +153,7 @@ def test_pool_continues_stage_1_5(converted):
     """The converted pool loads into stage 1.5's module as its pool."""
     from victor.config import ComprehensionConfig
     from victor.model.comprehension import VisualComprehension
-    from victor.train.checkpoint import load_extra_state
+    from victor.model.comprehension_state import load_state as load_extra_state
 
     src, dst = converted["croc_llama"]
     model, _ = load_model(str(dst))

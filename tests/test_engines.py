@@ -135,12 +135,14 @@ def test_sigkill_after_a_checkpoint_then_auto_resume_is_exact(setup, tmp_path):
     cmd = [sys.executable, "-m", "victor.cli", "train", *args(killed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     deadline = time.time() + 300
-    while not (killed / "checkpoint-5").is_dir() and proc.poll() is None and time.time() < deadline:
+    from victor.train.checkpoint import COMPLETE, is_complete
+
+    while not (killed / "checkpoint-5" / COMPLETE).is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model.safetensors").exists(), "the run finished before it was killed"
-    done = sorted(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*"))
+    done = sorted(int(p.name.split("-")[1]) for p in killed.glob("checkpoint-*") if is_complete(p))
     assert done and done[-1] < steps
 
     subprocess.run([*cmd, "--resume_from_checkpoint", "auto"], check=True, env=ENV, capture_output=True)
@@ -152,31 +154,41 @@ def test_sigkill_after_a_checkpoint_then_auto_resume_is_exact(setup, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_a_save_that_dies_leaves_no_checkpoint_for_auto(setup, tmp_path, monkeypatch):
+def test_a_save_that_dies_leaves_no_checkpoint_for_auto(setup, tmp_path):
+    """A process killed after the Trainer wrote checkpoint-4's files but before victor marked it
+    complete (a callback that dies in `on_save`, which runs before the marker's): resume passes
+    it over, and the older complete checkpoint-2 was not rotated away."""
+    from transformers import TrainerCallback
+
+    from victor.config import parse_recipe
     from victor.train import checkpoint
-    from victor.train.trainer import VictorTrainer
+    from victor.train.run import train_stage
+
+    class DiesOnSecondSave(TrainerCallback):
+        saves = 0
+
+        def on_save(self, args, state, control, **kwargs):
+            self.saves += 1
+            if self.saves == 2:
+                raise KeyboardInterrupt("killed while saving")
 
     out = tmp_path / "run"
-    calls = {"n": 0}
-    original = VictorTrainer._save_rng_state
-
-    def dies_on_second_save(self, output_dir):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed while saving")
-        return original(self, output_dir)
-
-    monkeypatch.setattr(VictorTrainer, "_save_rng_state", dies_on_second_save)
+    recipe = parse_recipe(None, stage15(setup, out, batch=4, steps=8, extra=[
+        "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "1"]))
     with pytest.raises(KeyboardInterrupt):
-        train_from_recipe(None, stage15(setup, out, batch=4, steps=8,
-                                        extra=["--save_strategy", "steps", "--save_steps", "2"]))
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
-    assert (out / checkpoint.STAGING / "checkpoint-4").is_dir()  # the half-written one, under its staging name
+        train_stage(recipe, callbacks=[DiesOnSecondSave()])
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (out / "checkpoint-4" / "trainer_state.json").is_file()  # written, but never marked complete
+    assert not (out / "checkpoint-4" / checkpoint.COMPLETE).exists()
     assert checkpoint.resolve_resume("auto", str(out)) == str(out / "checkpoint-2")
     # an older or foreign incomplete checkpoint-N is passed over too
     (out / "checkpoint-6").mkdir()
     (out / "checkpoint-6" / "model.safetensors").write_bytes(b"")
     assert checkpoint.resolve_resume("auto", str(out)) == str(out / "checkpoint-2")
+    # the next marked checkpoint rotates away every incomplete one and all but the newest complete one
+    checkpoint.mark_complete(out / "checkpoint-4", 4)
+    assert checkpoint.rotate(out, keep=1) == ["checkpoint-6", "checkpoint-2"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
 
 
 def test_resume_targets_are_checked(setup, reference, tmp_path):

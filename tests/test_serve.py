@@ -11,7 +11,7 @@ from PIL import Image
 
 from victor.infer import Generator
 from victor.serve.chat import ChatModel, conversation
-from victor.train.checkpoint import save_extra_state
+from victor.model.comprehension_state import save_state as save_extra_state
 
 QUESTION = "what colour is the circle ?"
 

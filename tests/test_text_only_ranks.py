@@ -137,7 +137,7 @@ def test_zero3_in_bf16_runs_stage15_and_saves_a_checkpoint_that_reloads_equal(mi
     """The 7B recipes' engine and precision, one process: the pool and head are built in the
     LLM's dtype, so ZeRO-3 flattens one dtype (before: an assertion inside deepspeed.initialize)."""
     from victor.model.assemble import load_model
-    from victor.train.checkpoint import load_extra_state
+    from victor.model.comprehension_state import load_state as load_extra_state
 
     out = tmp_path / "z3bf16"
     launch(stage15_args(mixed, out, 2, 1, steps=2, extra=[*ZERO3, "--bf16", "True", "--recon_head", "transformer",

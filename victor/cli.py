@@ -154,6 +154,7 @@ def _eval_suite(args):
 def _convert(args):
     import torch
 
+    from victor.model.comprehension_state import STATE_FILE
     from victor.model.convert import ConversionError, convert
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
@@ -167,7 +168,7 @@ def _convert(args):
           f"{report['image_seq_length']} visual tokens, image_aspect_ratio {report['image_aspect_ratio'] or 'native'}, "
           f"chat template {report['chat_template']}\n  vision tower: {report['vision']} ({report['vision_weights']})")
     if report["pool"]:
-        print(f"  pool {report['pool']} -> comprehension.safetensors (continue stage 1.5 with pool_init: checkpoint)")
+        print(f"  pool {report['pool']} -> {STATE_FILE} (continue stage 1.5 with pool_init: checkpoint)")
     for note in report["notes"]:
         print(f"  note: {note}")
 

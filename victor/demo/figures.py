@@ -15,7 +15,6 @@ from victor.config import ComprehensionConfig
 from victor.demo.report import DemoResults
 from victor.model.assemble import load_model
 from victor.model.comprehension import VisualComprehension
-from victor.train.checkpoint import load_extra_state
 
 
 def make_figures(res: DemoResults, per_type: dict, evidence: dict | None = None) -> dict[str, str]:
@@ -142,7 +141,7 @@ def masked_patch_figure(res: DemoResults, stage15: Path, figdir: Path, plt) -> s
     model, processor = load_model(str(stage15))
     settings = json.loads((stage15 / "victor_stage.json").read_text())["comprehension_config"]
     vc = VisualComprehension(model, ComprehensionConfig(**settings)).eval()
-    vc.load_extra_state_dict(load_extra_state(stage15))
+    vc.load_state(stage15)
     names = sorted(p.name for p in res.world.images.glob("val_*.png"))[:4]
     images = [Image.open(res.world.images / n).convert("RGB") for n in names]
     pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]

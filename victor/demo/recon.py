@@ -28,7 +28,7 @@ from victor.data.llava import LlavaDataset
 from victor.infer import user_message
 from victor.model.assemble import load_model
 from victor.model.comprehension import VisualComprehension
-from victor.train.checkpoint import EXTRA_STATE, load_extra_state
+from victor.model.comprehension_state import has_state
 from victor.train.engine import first_visual_tokens
 
 PROMPT = "Describe the image in detail."
@@ -89,9 +89,9 @@ def reconstruction(stage15: str | Path, world, config: ComprehensionConfig, step
     model, processor = load_model(str(stage15))
     model.eval()
     vc = VisualComprehension(model, config, mask_seed=seed).eval()
-    own = (Path(stage15) / EXTRA_STATE).is_file()
+    own = has_state(stage15)
     if own:
-        vc.load_extra_state_dict(load_extra_state(stage15))
+        vc.load_state(stage15)
     elif config.pool_init == "tokens":
         dataset = LlavaDataset(str(world.stage15), str(world.images))
         collator = LlavaCollator(processor, vc.n_visual, "chat", 512, image_keys=True)

@@ -27,7 +27,7 @@ from transformers import BertConfig, BertLayer
 from transformers.masking_utils import create_causal_mask
 
 from victor.config import ComprehensionConfig
-from victor.model import matching
+from victor.model import comprehension_state, matching
 
 
 # The authors' heads are initialised by their LLM's `post_init`: Linear and Embedding weights
@@ -384,6 +384,15 @@ class VisualComprehension(nn.Module):
         state = {"pool": self.pool.detach(), "pool_ready": self.pool_ready, "usage": self.usage}
         state.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
         return state
+
+    def save_state(self, directory, state: dict[str, torch.Tensor] | None = None):
+        """Write pool, head and counters beside a LLaVA checkpoint (`comprehension_state`): `state` is
+        what an engine gathered (ZeRO-3, FSDP), else this module's own `extra_state_dict()`."""
+        return comprehension_state.save_state(self.extra_state_dict() if state is None else state, directory)
+
+    def load_state(self, directory) -> None:
+        """Continue exactly from the state `save_state` wrote (pool, head, counters)."""
+        self.load_extra_state_dict(comprehension_state.load_state(directory))
 
     def load_extra_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():

@@ -48,7 +48,7 @@ from victor.model.normalized import (
     VictorLlavaConfig,
     VictorLlavaForConditionalGeneration,
 )
-from victor.train.checkpoint import save_extra_state
+from victor.model.comprehension_state import STATE_FILE, save_state
 
 # model_type -> (the LLM's model_type, projector outputs L2-normalised, what it is)
 RELEASED_TYPES = {
@@ -263,10 +263,10 @@ def convert(src, output, *, vision: str | None = None, tokenizer: str | None = N
     if pool is not None:
         extra_state = {"pool": pool, "pool_ready": torch.tensor(True), "usage": torch.zeros(pool.shape[0], dtype=torch.long)}
         extra_state.update({f"croc_head.{k}": v for k, v in head.items()})
-        save_extra_state(extra_state, output)
+        save_state(extra_state, output)
     if head:
         notes.append("Croc's reconstruction head (transform_block: learned positions + one BERT layer + linear) "
-                     "is kept as croc_head.* in comprehension.safetensors; victor's heads have other layers, "
+                     "is kept as croc_head.* in " + STATE_FILE + "; victor's heads have other layers, "
                      "so a continued stage 1.5 trains a fresh head")
     report = {
         "source": str(src), "source_model_type": config["model_type"], "family": family,

@@ -21,7 +21,7 @@ from transformers import TextIteratorStreamer
 
 from victor.model import matching
 from victor.model.assemble import load_model
-from victor.train.checkpoint import EXTRA_STATE, load_extra_state
+from victor.model.comprehension_state import STATE_FILE, has_state, load_state
 
 
 def text_of(content) -> str:
@@ -63,7 +63,7 @@ class ChatModel:
         self.path = Path(path)
         self.model, self.processor = load_model(str(path), dtype=dtype)
         self.model.eval()
-        self.pool = load_extra_state(path)["pool"] if (self.path / EXTRA_STATE).is_file() else None
+        self.pool = load_state(path)["pool"] if has_state(path) else None
 
     @property
     def description(self) -> str:
@@ -115,7 +115,7 @@ class ChatModel:
 
         Returns (overlay, {"rows": [[row per patch] per grid row], "distinct": n, "top": [(row, patches)]})."""
         if self.pool is None:
-            raise ValueError(f"{self.path} has no {EXTRA_STATE}: no pool to match against")
+            raise ValueError(f"{self.path} has no {STATE_FILE}: no pool to match against")
         pixels = self.processor.image_processor(image.convert("RGB"), return_tensors="pt")["pixel_values"]
         tokens = self.model.model.get_image_features(pixel_values=pixels.to(self.model.dtype)).pooler_output[0]
         side = int(tokens.shape[0] ** 0.5)

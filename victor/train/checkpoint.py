@@ -1,7 +1,7 @@
 """The checkpoint seam: what a stage writes and reads, correct under every engine.
 
 A stage directory (or `checkpoint-N`) holds a stock LLaVA checkpoint (`config.json`,
-safetensors, processor) and, in stage 1.5, the pool and head in `comprehension.safetensors`.
+safetensors, processor) and, in stage 1.5, the pool and head beside it (`model/comprehension_state.py`).
 
 * Saving takes the state dict the engine hands over (the Trainer gathers it on the writer
   rank under ZeRO-3 and FSDP), splits it into LLaVA keys and stage-1.5 keys, and writes on
@@ -9,8 +9,9 @@ safetensors, processor) and, in stage 1.5, the pool and head in `comprehension.s
   ZeRO-3's empty partitions.
 * Resuming copies safetensors tensors straight into the live model, one tensor at a time,
   with transformers' own mapping from saved to live names: no second model in memory.
-* Checkpoints are written under a staging name and renamed when complete, so a kill during a
-  save never leaves a directory that resume takes for a checkpoint.
+* A checkpoint is complete when its marker (`COMPLETE`) exists: written last, after every
+  process has finished writing its part, and only then are older checkpoints rotated away. A
+  kill during a save leaves a `checkpoint-N` without the marker, which resume never takes.
 """
 from __future__ import annotations
 
@@ -22,12 +23,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers.core_model_loading import revert_weight_conversion
 
-EXTRA_STATE = "comprehension.safetensors"
-STAGING = ".staging"  # where checkpoint-N is written before it is renamed into place
+COMPLETE = "victor_complete.json"  # written last into checkpoint-N: everything else there is on disk
 LLAVA_PREFIX = "llava."
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -58,17 +57,6 @@ def check_full(state_dict: dict[str, torch.Tensor], shapes: dict[str, tuple[int,
         raise CheckpointError(
             f"{what}: the engine handed over an incomplete state dict ({len(wrong)} tensors missing or partitioned, "
             f"e.g. {wrong[:3]}); under ZeRO-3 set stage3_gather_16bit_weights_on_model_save: true")
-
-
-def save_extra_state(extra: dict[str, torch.Tensor], directory: str | os.PathLike) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, os.path.join(directory, EXTRA_STATE))
-
-
-def load_extra_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = os.path.join(directory, EXTRA_STATE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{directory}: no {EXTRA_STATE}; it is not a stage-1.5 checkpoint")
-    return load_file(path)
 
 
 def _weight_files(directory: str | os.PathLike) -> list[str]:
@@ -141,9 +129,11 @@ def load_llava_weights(llava, directory: str | os.PathLike) -> None:
 
 
 def is_complete(directory: str | os.PathLike) -> bool:
-    """A checkpoint that resume can use: a readable trainer state, and weights (safetensors, or
-    DeepSpeed's own `global_step*` layout when ZeRO-3 does not gather them on save)."""
+    """A checkpoint that resume can use: its completion marker, a readable trainer state, and
+    weights (safetensors, or DeepSpeed's own `global_step*` layout when ZeRO-3 does not gather them)."""
     d = Path(directory)
+    if not (d / COMPLETE).is_file():
+        return False
     try:
         json.loads((d / "trainer_state.json").read_text())
     except (OSError, ValueError):
@@ -152,16 +142,47 @@ def is_complete(directory: str | os.PathLike) -> bool:
         d.glob("global_step*"))
 
 
-def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest complete `checkpoint-N` in `output_dir` (staging directories never count)."""
+def mark_complete(directory: str | os.PathLike, step: int) -> None:
+    """Write the completion marker (atomically: a temporary name, fsync, rename)."""
+    d = Path(directory)
+    files = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name != COMPLETE)
+    tmp = d / f".{COMPLETE}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"step": step, "files": files}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, d / COMPLETE)
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Every `checkpoint-N` directory in `output_dir`, newest first (complete or not)."""
     root = Path(output_dir)
     if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
-    for _, path in sorted(found, reverse=True):
+        return []
+    return sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()),
+                  reverse=True)
+
+
+def rotate(output_dir: str | os.PathLike, keep: int | None, protect: str | None = None) -> list[str]:
+    """After a checkpoint was marked complete: delete every incomplete `checkpoint-N` (what a kill
+    left behind) and all complete ones but the newest `keep` (and `protect`, the best model).
+    Returns the deleted names."""
+    import shutil
+
+    deleted, kept = [], 0
+    for _, path in checkpoints(output_dir):
         if is_complete(path):
-            return str(path)
-    return None
+            kept += 1
+            if keep is None or keep <= 0 or kept <= keep or (protect and Path(protect).resolve() == path.resolve()):
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path.name)
+    return deleted
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-N` in `output_dir`."""
+    return next((str(path) for _, path in checkpoints(output_dir) if is_complete(path)), None)
 
 
 ENGINES = ("torch", "deepspeed", "fsdp")  # torch: one process or DDP
@@ -233,10 +254,8 @@ def resolve_resume(resume: str | bool | None, output_dir: str, engine: str | Non
         return None
     if resume in (True, "True", "true", "auto", "auto-or-new"):
         root = Path(output_dir)
-        found = [(int(m.group(1)), p) for p in (root.iterdir() if root.is_dir() else ())
-                 if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]
         passed_over = []
-        for _, path in sorted(found, reverse=True):
+        for _, path in checkpoints(root):
             if not is_complete(path):
                 continue
             why = _unresumable(path, engine)
@@ -263,7 +282,7 @@ def resolve_resume(resume: str | bool | None, output_dir: str, engine: str | Non
         hint = (" (it is a finished stage's output: use it as init_from of the next stage)"
                 if (path / "victor_stage.json").is_file() else "")
         raise CheckpointError(f"--resume_from_checkpoint {resume}: not a complete training checkpoint "
-                              f"(trainer_state.json and weights){hint}")
+                              f"(its {COMPLETE} marker, trainer_state.json and weights){hint}")
     why = _unresumable(path, engine)
     if why is not None:
         raise CheckpointError(f"--resume_from_checkpoint {resume}: {engine} cannot resume it: {why}. Resume with "

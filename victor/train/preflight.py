@@ -44,19 +44,15 @@ def check_max_length(max_length: int, n_visual: int | None) -> None:
 
 
 def saved_pool(option: str, init_from: str | None, pool_size: int) -> None:
-    """init_from holds a comprehension.safetensors whose pool has `pool_size` rows."""
-    from safetensors import safe_open
+    """init_from holds stage-1.5 state whose pool has `pool_size` rows."""
+    from victor.model.comprehension_state import STATE_FILE, pool_rows
 
-    from victor.train.checkpoint import EXTRA_STATE
-
-    path = Path(init_from or "", EXTRA_STATE)
-    if not init_from or not path.is_file():
-        raise ConfigError(f"{option}: init_from={init_from} has no {EXTRA_STATE} (a stage-1.5 output or a "
+    if not init_from or not (Path(init_from) / STATE_FILE).is_file():
+        raise ConfigError(f"{option}: init_from={init_from} has no {STATE_FILE} (a stage-1.5 output or a "
                           "checkpoint converted from a Croc/ViCToR release has one)")
-    with safe_open(str(path), framework="pt") as f:
-        rows = f.get_slice("pool").get_shape()[0] if "pool" in f.keys() else None
+    rows = pool_rows(init_from)
     if rows != pool_size:
-        raise ConfigError(f"{option}: the pool in {path} has {rows} rows; set pool_size={rows}")
+        raise ConfigError(f"{option}: the pool in {Path(init_from) / STATE_FILE} has {rows} rows; set pool_size={rows}")
 
 
 def preflight(recipe: Recipe, comprehension: bool) -> None:

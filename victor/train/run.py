@@ -19,7 +19,8 @@ from victor.model.assemble import (
     image_processor_for,
 )
 from victor.model.comprehension import VisualComprehension
-from victor.train.checkpoint import check_world_size, load_extra_state, resolve_resume
+from victor.model.comprehension_state import load_state
+from victor.train.checkpoint import check_world_size, resolve_resume
 from victor.train.engine import (
     fsdp_requested,
     init_distributed,
@@ -89,7 +90,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     set_seed(training_args.seed)  # loading consumes randomness differently per engine (ZeRO-3's zero.Init)
     trained = VisualComprehension(model, comp_args, mask_seed=training_args.seed) if stage.comprehension else model
     if stage.comprehension and comp_args.pool_init == "checkpoint" and resume is None:
-        head = trained.load_pool(load_extra_state(model_args.init_from))
+        head = trained.load_pool(load_state(model_args.init_from))
         log.info("pool from %s%s", model_args.init_from, " (and its head)" if head else "; a fresh head")
     counts = apply_freezing(trained, stage)
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})

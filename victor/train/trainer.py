@@ -8,26 +8,25 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from victor.data.monitor import SkipMonitor
 from victor.data.sampler import ModalityLengthGroupedSampler
 from victor.model.comprehension import VisualComprehension
+from victor.model.comprehension_state import load_state
 from victor.train.checkpoint import (
-    STAGING,
     check_full,
     full_shapes,
-    load_extra_state,
     load_llava_weights,
     load_state_into,
-    save_extra_state,
+    mark_complete,
+    rotate,
     split_state_dict,
 )
 from victor.train.guards import GuardCallback, NonFiniteGuard
@@ -48,7 +47,10 @@ class VictorTrainer(Trainer):
         self.micro_batches = 0
         self.text_only_micro_batches: list[int] = []  # ordinals (1-based, this process) of micro-batches without images
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir, lambda: self.state.global_step)
-        self.add_callback(GuardCallback(self))  # re-hooks the guard where the engine put its own optimizer
+        self.add_callback(GuardCallback(self))
+        # checkpoints are marked complete and rotated by victor, after every process has written its part
+        self.keep_checkpoints, self.args.save_total_limit = self.args.save_total_limit, None
+        self.add_callback(CompleteCheckpoints(self))  # re-hooks the guard where the engine put its own optimizer
         self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
         self.placeholder_batch = placeholder_batch
         self.module_lrs = module_lrs or {}
@@ -197,7 +199,7 @@ class VictorTrainer(Trainer):
         check_full(state_dict, full_shapes(core), output_dir)
         llava_state, extra = split_state_dict(state_dict)
         core.llava.save_pretrained(output_dir, state_dict=llava_state, safe_serialization=True)
-        save_extra_state(extra, output_dir)
+        core.save_state(output_dir, extra)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -208,35 +210,26 @@ class VictorTrainer(Trainer):
         if not isinstance(core, VisualComprehension):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_llava_weights(core.llava, resume_from_checkpoint)
-        load_state_into(core, load_extra_state(resume_from_checkpoint), resume_from_checkpoint)
+        load_state_into(core, load_state(resume_from_checkpoint), resume_from_checkpoint)
 
-    def _save_checkpoint(self, model, trial):
-        """Trainer's checkpoint, written under a staging name and renamed into place when complete,
-        so that a kill during a save never leaves a `checkpoint-N` that looks resumable."""
-        run_dir = self._get_output_dir(trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging = os.path.join(run_dir, STAGING)
-        if self.args.should_save:
-            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self._staging_dir = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._staging_dir = None
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(os.path.join(staging, name), final)
-            if self.state.best_model_checkpoint == os.path.join(staging, name):
-                self.state.best_model_checkpoint = final
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
-        self.accelerator.wait_for_everyone()
+class CompleteCheckpoints(TrainerCallback):
+    """After the Trainer has written `checkpoint-N` (every process: weights, optimizer, scheduler,
+    RNG, trainer state), wait for all processes, write the completion marker on the writer, and
+    only then rotate older checkpoints away (`checkpoint.rotate`; the Trainer's own rotation is
+    off, since it runs before the other processes finish). A kill at any moment leaves the
+    newest complete checkpoint in place for `resume auto`."""
 
-    def _get_output_dir(self, trial):
-        return getattr(self, "_staging_dir", None) or super()._get_output_dir(trial)
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        trainer.accelerator.wait_for_everyone()
+        if args.should_save:
+            directory = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            mark_complete(directory, state.global_step)
+            rotate(args.output_dir, trainer.keep_checkpoints, state.best_model_checkpoint)
+        trainer.accelerator.wait_for_everyone()
 
 
 def write_stage_record(output_dir: str, record: dict) -> None:

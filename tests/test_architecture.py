@@ -68,3 +68,17 @@ def test_every_private_trainer_override_is_listed_with_a_reason():
     assert overridden - listed == set(), f"private Trainer overrides not listed in docs/architecture.md: {overridden - listed}"
     assert listed - overridden == set(), f"listed but no longer overridden: {listed - overridden}"
     assert not {"_save_checkpoint", "_get_output_dir"} & overridden  # checkpoints complete through a callback
+
+
+def test_eval_help_lists_every_benchmark_and_the_scoring_choices(capsys):
+    import pytest
+
+    from victor.cli import main
+    from victor.eval.registry import BENCHMARKS
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    for name in BENCHMARKS:
+        assert f"\n  {name} " in text, name
+    assert "MMBench TSV" in text and "POPE annotation JSONL" in text and "likelihood" in text

@@ -153,19 +153,23 @@ def test_bad_samples_are_skipped_and_counted(tiny_llava, tmp_path):
     assert sum(ds.skipped.values()) == 3 and collator.skipped["unreadable"] == 3
 
 
-def test_encode_returns_the_encoding_or_none_for_a_skip(tiny_llava):
+def test_try_encode_returns_the_encoding_or_the_skip(tiny_llava):
+    from victor.data.skips import Skipped
+
     llava, processor = tiny_llava
     collator = LlavaCollator(processor, llava.config.image_seq_length, "chat")
     good = Sample("g", [{"role": "user", "content": "what colour ?"}, {"role": "assistant", "content": "red"}], [])
     cut = Sample("c", [{"role": "user", "content": "<image>\nwhat colour ?"}, {"role": "assistant", "content": "red"}],
                  [Image.new("RGB", (32, 32))])
-    encoded = collator.encode(good)
-    assert encoded["input_ids"] == collator.try_encode(good)["input_ids"]
+    encoded = collator.try_encode(good)
+    assert encoded["input_ids"] == collator([good])["input_ids"][0].tolist()
     assert [t for t, lab in zip(encoded["input_ids"], encoded["labels"]) if lab != -100][:1] == \
         processor.tokenizer.convert_tokens_to_ids(["red"])
     short = LlavaCollator(processor, llava.config.image_seq_length, "chat", max_length=5)  # cuts into the image
-    assert short.encode(cut) is None and short.skipped["image_beyond_max_length"] == 1
-    assert collator.encode(cut)["images"] == cut.images
+    skip = short.try_encode(cut)
+    assert isinstance(skip, Skipped) and skip.reason == "image_beyond_max_length"
+    assert short.skipped["image_beyond_max_length"] == 1
+    assert collator.try_encode(cut)["images"] == cut.images
 
 
 def test_plain_template_puts_every_image_first_then_the_caption(tokenizer):

@@ -3,8 +3,10 @@ import json
 import math
 
 from broken_corpus import KINDS, MAX_LENGTH, write_corpus
+import pytest
 from PIL import Image
 
+from victor.config import ConfigError
 from victor.data.collate import LlavaCollator
 from victor.data.llava import LlavaDataset
 from victor.data.monitor import SkipMonitor
@@ -97,7 +99,10 @@ def test_a_batch_with_no_usable_sample_is_skipped_not_fatal(backbones, tmp_path)
               for i in range(4)]
     (tmp_path / "d.json").write_text(json.dumps([good(i) for i in range(4)] + broken + [good(i) for i in range(4)]))
     out = tmp_path / "out"
-    train_from_recipe(None, run_args(backbones, tmp_path / "d.json", images, out, steps=3))
+    # a third of the samples are broken: above the default max_skip_fraction, so the run says so at its end
+    with pytest.raises(ConfigError, match="4 of 12 samples .* above max_skip_fraction=0.1.*'missing_image'"):
+        train_from_recipe(None, run_args(backbones, tmp_path / "d.json", images, out, steps=3))
+    train_from_recipe(None, [*run_args(backbones, tmp_path / "d.json", images, out, steps=3), "--max_skip_fraction", "0.5"])
     record = json.loads((out / "victor_stage.json").read_text())
     losses = [h["loss"] for h in record["log_history"] if "loss" in h]
     assert losses and all(math.isfinite(x) for x in losses)

@@ -48,7 +48,8 @@ def test_a_batch_of_skips_is_an_empty_batch_with_its_counts(tiny_llava):
     skips = [Skipped("missing_image", "d.json[0]", "a", "image", "x.png: no such file"), None]
     batch = collator(tiny_llava)(skips)
     assert is_empty_batch(batch) and batch["labels"].shape == (0, 0) and "pixel_values" not in batch
-    assert pop_batch_stats(batch) == {"samples": 2, "reasons": {"missing_image": 1, "unreadable": 1}}
+    assert pop_batch_stats(batch) == {"samples": 2, "reasons": {"missing_image": 1, "unreadable": 1},
+                                     "images": 0}
     assert DATA_STATS_KEY not in batch and pop_batch_stats(batch) is None
     plain = LlavaCollator(tiny_llava[1], 16, "chat")([None])  # without batch_stats: no extra key
     assert set(plain) == {"input_ids", "attention_mask", "labels"}

@@ -244,7 +244,7 @@ def test_a_rank_whose_batch_is_all_broken_joins_the_step_and_contributes_nothing
                 str(setup / "img"), "--output_dir", str(out), "--per_device_train_batch_size", str(batch),
                 "--max_steps", "3", "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none",
                 "--save_strategy", "no", "--use_cpu", "True", "--seed", "0", "--warmup_steps", "0",
-                "--train_sampling_strategy", "sequential", "--disable_tqdm", "True"]
+                "--train_sampling_strategy", "sequential", "--disable_tqdm", "True", "--max_skip_fraction", "0.5"]
 
     train_from_recipe(None, args(tmp_path / "one", 8))
     launch(args(tmp_path / "two", 4))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import logging
 import os
 import sys
@@ -220,6 +221,20 @@ PASS_THROUGH = {"train": _train, "demo": _demo, "probe": _probe, "bench": _bench
                 "estimate-memory": _estimate_memory}  # these parse their own options
 
 
+def benchmark_formats() -> str:
+    """`victor eval --help`'s list: every registered benchmark and the file format it reads."""
+    from victor.eval.registry import BENCHMARKS
+
+    lines = ["benchmarks (--benchmark NAME) and the files they read:"]
+    for name, spec in BENCHMARKS.items():
+        first = " ".join((type(spec).__doc__ or "").split("\n\n")[0].split()).replace("``", "")
+        first = re.split(r"(?<!e\.g)\. ", first)[0]
+        lines.append(f"  {name:<18} {first if len(first) <= 110 else first[:107] + '...'}")
+    lines.append("scoring (--scoring): generate (parse a generated answer) | likelihood (compare the options' "
+                 "log-likelihoods; open answers: the gold answer's)")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="victor", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -243,9 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=0.9)
     s.add_argument("--seed", type=int, default=None)
 
-    s = sub.add_parser("eval", help="score a checkpoint on a benchmark in its official format, or a whole suite")
+    s = sub.add_parser("eval", help="score a checkpoint on a benchmark in its official format, or a whole suite",
+                       epilog=benchmark_formats(), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", help="checkpoint directory (with --suite and no model: check the data layout)")
-    s.add_argument("--benchmark")
+    s.add_argument("--benchmark", metavar="NAME", help="one of the benchmarks below (`_` and `-` alike)")
     s.add_argument("--data")
     s.add_argument("--image-root")
     s.add_argument("--suite", help="llava-1.5: the nine Model Zoo benchmarks of LLaVA-1.5 / Croc-7B")

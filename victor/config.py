@@ -142,9 +142,8 @@ class ComprehensionConfig:
             raise ConfigError(f"mask_ratio={self.mask_ratio} must be in (0, 1]")
         if not 0.0 <= self.recon_head_dropout < 1.0:
             raise ConfigError(f"recon_head_dropout={self.recon_head_dropout} must be in [0, 1)")
-        for name in ("pool_size",):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.pool_size < 1:
+            raise ConfigError(f"pool_size={self.pool_size} must be >= 1")
         for name in ("recon_weight", "recon_beta", "pool_lr", "head_lr"):
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):

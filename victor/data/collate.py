@@ -145,14 +145,10 @@ class LlavaCollator:
         self.skips = SkipLog(log)
         self.skipped = self.skips.counts
 
-    def encode(self, sample: Sample) -> dict | None:
-        """Token ids and labels of one sample, or None if it is skipped (logged and counted)."""
-        result = self.try_encode(sample)
-        return None if isinstance(result, Skipped) else result
-
     def try_encode(self, sample: Sample) -> dict | Skipped:
-        """Like `encode`, returning the Skipped instead of None. Never raises. A kept sample cut
-        by `max_length` has its `truncated_text` event in `result["truncation"]`."""
+        """Token ids and labels of one sample, or the `Skipped` saying why it cannot be trained on
+        (logged and counted). Never raises. A kept sample cut by `max_length` has its
+        `truncated_text` event in `result["truncation"]`."""
         try:
             result = self._encode(sample)
         except (TemplateError, JinjaTemplateError) as err:

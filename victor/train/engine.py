@@ -25,14 +25,6 @@ def uses_deepspeed(training_args) -> bool:
     return bool(getattr(training_args, "deepspeed", None))
 
 
-def zero3_enabled() -> bool:
-    try:
-        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-    except ImportError:  # pragma: no cover - transformers without the integration
-        return False
-    return is_deepspeed_zero3_enabled()
-
-
 def fsdp_requested(training_args) -> bool:
     """FSDP asked for on the command line (`--fsdp`) or by `accelerate launch` with an FSDP config
     (which sets ACCELERATE_USE_FSDP for the processes it starts)."""

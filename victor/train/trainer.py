@@ -47,10 +47,10 @@ class VictorTrainer(Trainer):
         self.micro_batches = 0
         self.text_only_micro_batches: list[int] = []  # ordinals (1-based, this process) of micro-batches without images
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps, self.args.output_dir, lambda: self.state.global_step)
-        self.add_callback(GuardCallback(self))
+        self.add_callback(GuardCallback(self))  # re-hooks the guard where the engine put its own optimizer
         # checkpoints are marked complete and rotated by victor, after every process has written its part
         self.keep_checkpoints, self.args.save_total_limit = self.args.save_total_limit, None
-        self.add_callback(CompleteCheckpoints(self))  # re-hooks the guard where the engine put its own optimizer
+        self.add_callback(CompleteCheckpoints(self))
         self.skip_monitor = skip_monitor or SkipMonitor(max_skip_fraction=1.0)
         self.placeholder_batch = placeholder_batch
         self.module_lrs = module_lrs or {}

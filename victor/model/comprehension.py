@@ -259,9 +259,7 @@ class VisualComprehension(nn.Module):
         if labels is None:  # like any transformers model: logits, no loss
             if pixel_values is not None:
                 tokens = torch.stack(list(llava.model.get_image_features(pixel_values=pixel_values).pooler_output))
-                replaced = self.mask_and_match(tokens, image_keys, mask_step)[0]
-                is_image = (input_ids == lcfg.image_token_id).unsqueeze(-1)
-                embeds = embeds.masked_scatter(is_image, replaced.reshape(-1, replaced.shape[-1]).to(embeds.dtype))
+                embeds = self.place_visual(embeds, input_ids, self.mask_and_match(tokens, image_keys, mask_step)[0])
             logits = llava.lm_head(self.run_llm(embeds, input_ids, attention_mask, None))
             return {"loss": None, "logits": logits, "lm_loss": None, "recon_loss": None, "stats": {}}
         if pixel_values is None:  # a text-only batch: nothing to mask or reconstruct
@@ -279,7 +277,7 @@ class VisualComprehension(nn.Module):
 
         is_image = input_ids == lcfg.image_token_id
         real = attention_mask.bool()[is_image].view(mask.shape)  # False: a blank image's padded positions
-        embeds = embeds.masked_scatter(is_image.unsqueeze(-1), replaced.reshape(-1, replaced.shape[-1]).to(embeds.dtype))
+        embeds = self.place_visual(embeds, input_ids, replaced)
         logits, lm_loss, hidden = self.language_model_loss(embeds, input_ids, attention_mask, labels,
                                                            num_items_in_batch, return_hidden=True)
         visual_hidden = hidden[is_image].view(*tokens.shape[:2], -1)
@@ -295,6 +293,11 @@ class VisualComprehension(nn.Module):
             "recon_loss": recon_loss,
             "stats": self._stats(rows, row_cost, per_position.detach(), mask, real[:, 0]),
         }
+
+    def place_visual(self, embeds, input_ids, visual: torch.Tensor) -> torch.Tensor:
+        """The text embeddings with the visual tokens [images, n_visual, hidden] at the image positions."""
+        is_image = (input_ids == self.llava.config.image_token_id).unsqueeze(-1)
+        return embeds.masked_scatter(is_image, visual.reshape(-1, visual.shape[-1]).to(embeds.dtype))
 
     def recon_weights(self, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """1 at the visual positions the reconstruction term averages over, else 0: [images, n_visual]."""

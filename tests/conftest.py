@@ -65,3 +65,14 @@ def tiny_llava(backbones):
     from victor.model.assemble import build_model
 
     return build_model(*backbones)
+
+
+def train_stage1(backbones, data, image_root, out, steps=2, batch=8):
+    """A tiny stage 1 (projector alignment) on `data`: the starting point of the stage-1.5/2 tests."""
+    from victor.train.run import train_from_recipe
+
+    vision, llm = backbones
+    return train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(data),
+                                    "--image_root", str(image_root), "--output_dir", str(out), "--max_steps",
+                                    str(steps), "--per_device_train_batch_size", str(batch), "--report_to", "none",
+                                    "--save_strategy", "no", "--use_cpu", "True"])

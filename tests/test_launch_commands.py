@@ -226,14 +226,10 @@ def test_the_first_stage1_and_torchrun_stage15_commands_run_on_the_tiny_recipe(b
 def test_the_readme_zero3_bf16_command_runs_stage15_on_the_tiny_recipe(backbones, tiny_data, tmp_path):
     """The README's one-process ZeRO-3 + bf16 stage 1.5 of the tiny recipe (the 7B recipes' engine
     and precision), run as written but for the tiny data's paths and 2 steps."""
-    from victor.train.run import train_from_recipe
+    from conftest import train_stage1
 
-    vision, llm = backbones
     s1 = tmp_path / "s1"
-    train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(tiny_data / "d.json"),
-                             "--image_root", str(tiny_data / "img"), "--output_dir", str(s1), "--max_steps", "1",
-                             "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",
-                             "--use_cpu", "True"])
+    train_stage1(backbones, tiny_data / "d.json", tiny_data / "img", s1, steps=1, batch=4)
     (cmd,) = [parse_command(c) for _, c in COMMANDS if "recipes/tiny/stage1_5.yaml" in c and "zero3" in c]
     assert "--bf16" in cmd["options"] and cmd["nproc"] == "1"
     out = tmp_path / "s15"

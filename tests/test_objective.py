@@ -10,6 +10,7 @@ steps) the splits differ exactly where micro-batches have unequal answer lengths
 import json
 
 import pytest
+from conftest import train_stage1
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -54,11 +55,7 @@ def corpus(backbones, tmp_path_factory):
     root = tmp_path_factory.mktemp("objective")
     data = write_corpus(root)
     write_corpus(root, equal_lengths=True)
-    vision, llm = backbones
-    train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(data),
-                             "--image_root", str(root / "img"), "--output_dir", str(root / "s1"), "--max_steps", "2",
-                             "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "no",
-                             "--use_cpu", "True"])
+    train_stage1(backbones, data, root / "img", root / "s1")
     return root
 
 

@@ -9,6 +9,7 @@ a collective mismatch, NCCL hangs).
 import json
 
 import pytest
+from conftest import train_stage1
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -39,11 +40,7 @@ def mixed(backbones, tmp_path_factory):
                 {"from": "human", "value": "what colour is a circle ?"},
                 {"from": "gpt", "value": "a circle is red" + " or blue" * (i % 3) + " ."}]})
     (root / "chat.json").write_text(json.dumps(records))
-    vision, llm = backbones
-    train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(root / "chat.json"),
-                             "--image_root", str(root / "img"), "--output_dir", str(root / "s1"), "--max_steps", "1",
-                             "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",
-                             "--use_cpu", "True"])
+    train_stage1(backbones, root / "chat.json", root / "img", root / "s1", steps=1, batch=4)
     return root
 
 

@@ -139,12 +139,12 @@ def _evidence(negative_ok: bool = True):
             _row("victor[pool-init=paper] vs victor", "arm", -0.119, -0.183, -0.055, -0.170, -0.060),
             _row("baseline[seed+100] vs baseline", "negative control", -0.017, -0.079, 0.047,
                  -0.060 if negative_ok else -0.060, 0.030 if negative_ok else -0.002),
-            _row("baseline vs baseline[1/4 stage 2]", "positive control", 0.300, 0.200, 0.400, 0.220, 0.380),
-            _row("baseline vs baseline[1/2 stage 2]", "positive control", 0.150, 0.076, 0.232, 0.080, 0.220)]
+            _row("baseline vs baseline[stage 2 x0.25]", "positive control", 0.300, 0.200, 0.400, 0.220, 0.380),
+            _row("baseline vs baseline[stage 2 x0.5]", "positive control", 0.150, 0.076, 0.232, 0.080, 0.220)]
     from victor.demo.evidence import control_status
 
-    headline = {"baseline": {"gqa_loglik": [-0.9, 0.01]}, "baseline[1/2 stage 2]": {"gqa_loglik": [-1.05, 0.01]},
-                "baseline[1/4 stage 2]": {"gqa_loglik": [-1.2, 0.01]}, "victor": {"gqa_loglik": [-0.95, 0.01]},
+    headline = {"baseline": {"gqa_loglik": [-0.9, 0.01]}, "baseline[stage 2 x0.5]": {"gqa_loglik": [-1.05, 0.01]},
+                "baseline[stage 2 x0.25]": {"gqa_loglik": [-1.2, 0.01]}, "victor": {"gqa_loglik": [-0.95, 0.01]},
                 "victor[pool-init=paper]": {"gqa_loglik": [-1.1, 0.01]}, "baseline[seed+100]": {"gqa_loglik": [-0.92, 0]}}
     floors = [_row(f"{arm} vs {arm} with shuffled images", "floor", 0.5, 0.4, 0.6, 0.4, 0.6) | {"floor": [-1.5, 0.01]}
               for arm in headline]
@@ -167,7 +167,7 @@ def test_resolution_lines_keep_two_comparisons_that_share_a_role():
     assert "victor vs baseline" in lines[0] and "±0.045 nats/token (bootstrap)" in lines[0]
     assert "victor[pool-init=paper] vs victor" in lines[1] and "±0.064 nats/token (bootstrap)" in lines[1]
     for line in lines:  # both rungs of the ladder and the negative control, each named
-        assert "baseline vs baseline[1/4 stage 2] +0.300" in line and "baseline vs baseline[1/2 stage 2] +0.150" in line
+        assert "baseline vs baseline[stage 2 x0.25] +0.300" in line and "baseline vs baseline[stage 2 x0.5] +0.150" in line
         assert "baseline[seed+100] vs baseline -0.017" in line
 
 
@@ -187,7 +187,7 @@ def test_verdict_only_when_the_controls_pass():
 
 def test_dose_ladder_must_rise_with_the_dose():
     ev = _evidence()
-    ev["headline"]["baseline[1/2 stage 2]"]["gqa_loglik"] = [-1.3, 0.01]  # below the 1/4 rung
+    ev["headline"]["baseline[stage 2 x0.5]"]["gqa_loglik"] = [-1.3, 0.01]  # below the 1/4 rung
     from victor.demo.evidence import control_status
 
     class Res:
@@ -196,7 +196,7 @@ def test_dose_ladder_must_rise_with_the_dose():
     status = control_status(ev, Res)
     assert not status["positive"]["monotone"] and not status["positive"]["passed"]
     assert [name for _, name, _ in status["positive"]["ladder"]] == [
-        "baseline[1/4 stage 2]", "baseline[1/2 stage 2]", "baseline"]
+        "baseline[stage 2 x0.25]", "baseline[stage 2 x0.5]", "baseline"]
 
 
 def test_the_declaration_is_explicit():

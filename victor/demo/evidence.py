@@ -240,8 +240,8 @@ def control_status(ev: dict, res) -> dict:
     """Did the controls pass (criteria in `victor.demo.declared`), and what follows for the arms."""
     label = MEASURES[PRIMARY][0]
     rows = {r["comparison"]: r for r in ev["comparisons"] if r["measure"] == label}
-    doses = sorted(a.split("[1/")[1].split(" ")[0] for a in res.arm_names if a.startswith("baseline[1/"))
-    ladder = sorted((1 / int(d), f"baseline[1/{d} stage 2]") for d in doses) + [(1.0, "baseline")]
+    doses = [float(a[len("baseline[stage 2 x"):-1]) for a in res.arm_names if a.startswith("baseline[stage 2 x")]
+    ladder = sorted((d, f"baseline[stage 2 x{d:g}]") for d in doses) + [(1.0, "baseline")]
     means = [(dose, name, ev["headline"][name][PRIMARY][0]) for dose, name in ladder if name in ev["headline"]]
     sign = 1 if declared.PRIMARY.higher_is_better else -1
     monotone = all(sign * (b[2] - a[2]) > 0 for a, b in zip(means, means[1:]))

@@ -21,10 +21,10 @@ mask seed (paired by seed). Stage 1.5 runs {steps.get('stage15', '?')} steps, st
   visual token pool, masking, matching and reconstruction loss; both followed by the same stage 2;
 - **baseline[seed+100]** (negative control): the baseline under other seeds (both stages);
   it must come out equal to the baseline;
-- **baseline[1/4 stage 2]**, **baseline[1/2 stage 2]** (positive control, a dose ladder): the
+- **baseline[stage 2 x0.25]**, **baseline[stage 2 x0.5]** (positive control, a dose ladder): the
   baseline's stage 1.5, then stage 2 with a quarter and half the steps (each its own cosine
   schedule, same data order); more stage 2 is known to be better, so the ladder must rise with
-  the dose and "baseline vs baseline[1/4 stage 2]" must be resolved as better.
+  the dose and "baseline vs baseline[stage 2 x0.25]" must be resolved as better.
 
 Precision: {res.precision}, the same for every stage of every arm (it is part of each stage's
 hash, so a re-run in another precision trains afresh).

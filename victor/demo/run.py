@@ -7,7 +7,7 @@
 Every arm starts from the same stage-1 checkpoint and sees the same stage-1.5 data and step
 count; seed s of every arm shares data order and mask seed. Two controls say what the
 instrument can detect: `baseline[seed+100]` (the baseline with other seeds: must come out
-equal) and a dose ladder, `baseline[1/4 stage 2]` and `baseline[1/2 stage 2]` (the baseline's
+equal) and a dose ladder, `baseline[stage 2 x0.25]` and `baseline[stage 2 x0.5]` (the baseline's
 stage 1.5, then a quarter and half of the stage-2 steps: more stage 2 is known to be better).
 What the verdict rests on (measure, direction, minimum effect, control criteria) is declared in
 `victor.demo.declared`. Each stage's output directory is named by a hash of everything that
@@ -119,7 +119,7 @@ def fastest_precision(size: int = 256, repeats: int = 20) -> str:
 
 
 def dose_name(dose: float) -> str:
-    return f"baseline[1/{round(1 / dose)} stage 2]"
+    return f"baseline[stage 2 x{dose:g}]"  # no "/" in a name: it names stage directories
 
 
 def make_arms(ablations: list[str]) -> list[Arm]:

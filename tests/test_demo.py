@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from victor.demo.report import format_comparison, pm
+from victor.demo.report import format_comparison, format_t, pm
 
-ARMS = ("baseline", "victor", "baseline[seed+100]", "baseline[half stage 2]", "victor[matching=nearest]")
+ARMS = ("baseline", "victor", "baseline[seed+100]", "baseline[stage 2 x0.25]", "baseline[stage 2 x0.5]",
+        "victor[matching=nearest]")
 VERDICTS = {"better", "worse", "no difference resolved"}
 
 
@@ -44,12 +45,14 @@ def test_report_has_table_figures_and_results(demo_run):
     assert records["baseline", 1]["log_history"] != records["baseline", 0]["log_history"]
     baseline = records["baseline", 0]
     assert baseline["comprehension"] is False and baseline["trainable_parameters"]["pool"] == 0
-    # the negative control differs only in seed; the positive control has half the baseline's stage 2
+    # the negative control differs only in seed; the dose ladder has 1/4 and 1/2 of the baseline's stage 2
     neg = json.loads((stages["stage2-baseline[seed+100]-s0"] / "victor_stage.json").read_text())
-    pos = json.loads((stages["stage2-baseline[half stage 2]-s0"] / "victor_stage.json").read_text())
+    half = json.loads((stages["stage2-baseline[stage 2 x0.5]-s0"] / "victor_stage.json").read_text())
+    quarter = json.loads((stages["stage2-baseline[stage 2 x0.25]-s0"] / "victor_stage.json").read_text())
     base = json.loads((stages["stage2-baseline-s0"] / "victor_stage.json").read_text())
-    assert pos["model"]["init_from"] == base["model"]["init_from"] == str(stages["stage1_5-baseline-s0"])
-    assert 2 * pos["steps_run"] == base["steps_run"]
+    assert half["model"]["init_from"] == quarter["model"]["init_from"] == base["model"]["init_from"] == \
+        str(stages["stage1_5-baseline-s0"])
+    assert 2 * half["steps_run"] == 4 * quarter["steps_run"] == base["steps_run"]
     assert "stage1_5-baseline[seed+100]-s0" in neg["model"]["init_from"]
 
 
@@ -61,8 +64,8 @@ def test_report_prints_the_numbers_of_results_json(demo_run):
     assert rows
     for row in rows:
         assert row["verdict"] in VERDICTS
-        line = f"| {row['comparison']} | {row['measure']} ({row['unit']}) | {format_comparison(row)} | {row['verdict']} |"
-        assert line in report
+        line = f"| {row['comparison']} | {row['measure']} ({row['unit']}) | {format_comparison(row)} | {format_t(row)} |"
+        assert line in report and row["verdict"] in (row["verdict_bootstrap"], "no difference resolved")
     for arm, values in results["headline"].items():
         assert f"| {arm} |" in report and pm(values["mmbench"]) in report and pm(values["pope"]) in report
     for key, values in results["probe"].items():
@@ -76,32 +79,41 @@ def test_controls_and_verdict_lines(demo_run):
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
     comparisons = {r["comparison"] for r in results["comparisons"]}
-    assert {"victor vs baseline", "baseline[seed+100] vs baseline", "baseline vs baseline[half stage 2]",
+    assert {"victor vs baseline", "baseline[seed+100] vs baseline", "baseline vs baseline[stage 2 x0.25]",
+            "baseline vs baseline[stage 2 x0.5]", "baseline[stage 2 x0.5] vs baseline[stage 2 x0.25]",
             "victor[matching=nearest] vs victor"} <= comparisons
     assert "| baseline[seed+100] | negative control |" in report
-    assert "| baseline[half stage 2] | positive control |" in report
+    assert "| baseline[stage 2 x0.25] | positive control |" in report
     section = report.split("## What this instrument can detect")[1].split("##")[0]
     lines = [line for line in section.splitlines() if line.startswith("- **")]
-    assert len(lines) == 6
+    assert len(lines) == 6 * 2  # per measure, one line per arm comparison (two share the role "arm")
     for line in lines:
-        assert "resolves differences beyond" in line and "positive control" in line and "negative control" in line
-    assert all(r["n_seeds"] == 2 for r in results["comparisons"])
-    # the verdict section: one line per comparison on the primary measure, controls first, same numbers
-    verdicts = report.split("## Verdict")[1].split("##")[0]
-    lines = [line for line in verdicts.splitlines() if line.startswith("- ")]
+        assert "minimum detectable effect" in line and "positive control" in line and "negative control" in line
+    assert sum("victor[matching=nearest] vs victor:" in line for line in lines) == 6
+    assert all(r["n_seeds"] == 2 and len(r["per_seed"]) == 2 for r in results["comparisons"])
+    # the verdict section: the declaration with its commit, the floors, the controls, then verdict or failure
+    verdicts = report.split("## Verdict")[1].split("## Paired")[0]
+    assert "**Primary measure** (declared before the run): open QA: gold answer log-lik" in verdicts
+    assert len(results["floors"]) == len(ARMS) and "with shuffled images" in verdicts
+    controls = results["controls"]
+    if controls["passed"]:
+        assert "**Verdict**" in verdicts and "instrument failed" not in verdicts
+    else:
+        assert "**The instrument failed**" in verdicts and "**Verdict**" not in verdicts
     primary = [r for r in results["comparisons"] if r["measure"] == "open QA: gold answer log-lik"]
-    assert len(lines) == len(primary) == 4
-    assert "(positive control)" in lines[0] and "(negative control)" in lines[1]
     for row in primary:
-        assert f"- {row['comparison']} ({row['role']}): {format_comparison(row)} nats/token: **{row['verdict']}**" in lines
+        assert f"{row['comparison']}" in verdicts and format_comparison(row) in verdicts
+    # POPE: per split, and pooled with no question counted twice
+    assert results["pope_items"]["distinct"] < results["pope_items"]["listed"]
+    assert {"random", "popular", "adversarial", "pooled, de-duplicated"} <= set(results["pope"]["baseline"])
 
 
 def test_rerun_reuses_finished_stages(demo_run):
     out, cmd, _ = demo_run
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0
-    # stage 1 + 2 seeds x (4 arms x (stage 1.5 + stage 2) + the positive control's stage 2)
-    assert again.stdout.count("reusing") == 1 + 2 * (4 * 2 + 1)
+    # stage 1 + 2 seeds x (4 arms x (stage 1.5 + stage 2) + the dose ladder's two stage 2s)
+    assert again.stdout.count("reusing") == 1 + 2 * (4 * 2 + 2)
     assert "training ->" not in again.stdout and "] eval " not in again.stdout
 
 

@@ -106,7 +106,7 @@ def probe_figure(probe: dict, figdir: Path, root: Path, plt) -> str:
 
 
 def efficiency_figure(efficiency: dict, figdir: Path, root: Path, plt) -> str:
-    """Likelihood-scored accuracy against the share of stage-2 data, per arm."""
+    """Likelihood-scored accuracy against the share of stage-2 data, per arm (bars: 95% t-interval over seeds)."""
     from victor.demo.evidence import MEASURES
 
     measures = (("mmbench", "MMBench acc"), ("mmbench_text", "MMBench acc (option text)"), ("pope", "POPE acc"),
@@ -120,8 +120,11 @@ def efficiency_figure(efficiency: dict, figdir: Path, root: Path, plt) -> str:
         _, _, _, scale, unit = MEASURES[measure]  # points x 100 for %, nats as they are
         for arm, points in arms.items():
             points.sort(key=lambda p: p[0])
-            ax.errorbar([100 * p for p, _ in points], [scale * v[measure][0] for _, v in points],
-                        yerr=[scale * v[measure][1] for _, v in points], label=arm, marker="o", capsize=2)
+            mean = [v[measure][0] for _, v in points]  # [mean, low, high]: the 95% t-interval over seeds
+            low = [m - v[measure][1] if np.isfinite(v[measure][1]) else 0.0 for m, (_, v) in zip(mean, points)]
+            high = [v[measure][2] - m if np.isfinite(v[measure][2]) else 0.0 for m, (_, v) in zip(mean, points)]
+            ax.errorbar([100 * p for p, _ in points], [scale * m for m in mean],
+                        yerr=[[scale * x for x in low], [scale * x for x in high]], label=arm, marker="o", capsize=2)
         ax.set(title=title, xlabel="% of stage-2 data", ylabel="accuracy %" if unit == "points" else unit)
     axes[0].legend(fontsize=7)
     return _save(fig, figdir / "sample_efficiency.png", root)

@@ -37,10 +37,11 @@ VAL_KEY = 1_000_000  # mask keys of held-out images (training images use their i
 
 @torch.no_grad()
 def masked_states(vc: VisualComprehension, processor, images: list[Path], keys: list[int], batch_size: int = 64):
-    """(hidden [N, n_visual, H] at visual positions, target [N, n_visual, D], mask [N, n_visual])."""
+    """(hidden [N, n_visual, H] at visual positions, target [N, n_visual, D], mask [N, n_visual],
+    (tokens, replaced) [N, n_visual, D]: the projected tokens and what the LLM got in their place)."""
     llava, image_id = vc.llava, vc.llava.config.image_token_id
     text = processor.apply_chat_template(user_message(PROMPT, True), add_generation_prompt=True)
-    hiddens, targets, masks = [], [], []
+    hiddens, targets, masks, originals, replacements = [], [], [], [], []
     for start in range(0, len(images), batch_size):
         batch = [Image.open(p).convert("RGB") for p in images[start:start + batch_size]]
         inputs = processor(text=[text] * len(batch), images=batch, return_tensors="pt")
@@ -57,7 +58,32 @@ def masked_states(vc: VisualComprehension, processor, images: list[Path], keys: 
         hiddens.append(hidden[is_image].view(*tokens.shape[:2], -1).float())
         targets.append(target.float())
         masks.append(mask)
-    return torch.cat(hiddens), torch.cat(targets), torch.cat(masks)
+        originals.append(tokens.float())
+        replacements.append(replaced.float())
+    return torch.cat(hiddens), torch.cat(targets), torch.cat(masks), (torch.cat(originals), torch.cat(replacements))
+
+
+# The masking removes information when a masked token's replacement is, on average, at least half as far
+# from the token as the mean token is (squared distances): a replacement much closer than that is a
+# near-copy, and the reconstruction task can be solved without the context.
+REMOVES_INFORMATION = 0.5
+
+
+def masking_information(tokens: torch.Tensor, replaced: torch.Tensor, mask: torch.Tensor,
+                        mean_token: torch.Tensor | None = None) -> dict:
+    """How much of a masked token survives in its replacement. `replacement distance`: mean squared
+    distance between a masked token and its replacement, divided by the mean squared distance between
+    a masked token and the mean token (0: the replacement is a copy; 1: it tells as little as the mean
+    token); `replacement cosine`: their mean cosine similarity; `removes information`: the ratio is at
+    least `REMOVES_INFORMATION`."""
+    mean_token = tokens.reshape(-1, tokens.shape[-1]).mean(0) if mean_token is None else mean_token
+    t, r = tokens[mask].double(), replaced[mask].double()
+    if not len(t):
+        return {"replacement distance": float("nan"), "replacement cosine": float("nan"), "removes information": False}
+    spread = ((t - mean_token.double()) ** 2).sum(-1).mean()
+    ratio = float(((r - t) ** 2).sum(-1).mean() / spread.clamp_min(1e-12))
+    cosine = float(torch.nn.functional.cosine_similarity(r, t, dim=-1).mean())
+    return {"replacement distance": ratio, "replacement cosine": cosine, "removes information": ratio >= REMOVES_INFORMATION}
 
 
 def fit_head(hidden: torch.Tensor, target: torch.Tensor, ridge: float = 1e-3):
@@ -103,6 +129,7 @@ def reconstruction(stage15: str | Path, world, config: ComprehensionConfig, step
     val = sorted(p.name for p in world.images.glob("val_*.png"))
     fit = masked_states(vc, processor, [world.images / n for n in fit_names], [int(n[6:11]) for n in fit_names])
     held = masked_states(vc, processor, [world.images / n for n in val], [VAL_KEY + int(n[4:9]) for n in val])
+    (tokens, replaced), fit, held = held[3], fit[:3], held[:3]
     positions = fit[2] if config.recon_positions == "masked" else torch.ones_like(fit[2])
     head = fit_head(fit[0][positions], fit[1][positions])
     mean_target = fit[1].mean(dim=(0, 1))
@@ -115,4 +142,9 @@ def reconstruction(stage15: str | Path, world, config: ComprehensionConfig, step
     floor = out["constant"]["masked"]
     out["relative"] = {"masked": out["fitted"]["masked"] / floor, "visible": out["fitted"]["visible"] / floor,
                        "per_image": {k: v / floor for k, v in out["fitted"]["per_image"].items()}}
+    # the masking-information check: how close replacements are to what they replace, and how much better
+    # than always predicting the mean target the heads do on masked positions (< 1: better)
+    out["masking"] = masking_information(tokens, replaced, held[2]) | {
+        "fitted head / mean predictor (masked)": out["relative"]["masked"],
+        **({"own head / mean predictor (masked)": out["own"]["masked"] / floor} if own else {})}
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 def render(res, tables: dict, figures: dict, environment: str) -> str:
     steps = res.steps or {}
+    res_pope = tables.get("pope_items", "")
     timings = "\n".join(f"| {k} | {v:.0f} s | {res.cpu[k]:.0f} s |" if k in res.cpu else f"| {k} | {v:.0f} s | |"
                         for k, v in res.timings.items())
     probe_note = ("Linear probes (closed-form ridge classifiers) read each region's attribute from the "
@@ -20,9 +21,13 @@ mask seed (paired by seed). Stage 1.5 runs {steps.get('stage15', '?')} steps, st
   visual token pool, masking, matching and reconstruction loss; both followed by the same stage 2;
 - **baseline[seed+100]** (negative control): the baseline under other seeds (both stages);
   it must come out equal to the baseline;
-- **baseline[half stage 2]** (positive control): the baseline's stage 1.5, then stage 2 with half
-  the steps (its own cosine schedule, same data order); the baseline, with twice the stage-2
-  steps, is known to be better, so "baseline vs baseline[half stage 2]" must be resolved as better.
+- **baseline[stage 2 x0.25]**, **baseline[stage 2 x0.5]** (positive control, a dose ladder): the
+  baseline's stage 1.5, then stage 2 with a quarter and half the steps (each its own cosine
+  schedule, same data order); more stage 2 is known to be better, so the ladder must rise with
+  the dose and "baseline vs baseline[stage 2 x0.25]" must be resolved as better.
+
+Precision: {res.precision}, the same for every stage of every arm (it is part of each stage's
+hash, so a re-run in another precision trains afresh).
 
 Multiple choice and POPE are scored by likelihood (`victor eval --scoring likelihood`): the
 option letter (or option text, by mean token log-likelihood) with the highest log-likelihood,
@@ -32,7 +37,10 @@ signed margin is log p(yes) - log p(no), with the sign of the right answer (nats
 better): POPE's labels are balanced, so a model's constant leaning towards "yes" or "no"
 cancels in it, while it moves accuracy to 50% and the yes-ratio to 0 or 100%.
 Mean ± std over {res.seeds} seed(s); rates in %. MMBench accuracy is the mean over questions
-of the share of a question's circular copies answered right.
+of the share of a question's circular copies answered right. POPE's three splits share their
+positive questions ({res_pope}); pooled POPE accuracy and margin count each distinct question once,
+and POPE's AUC is the ROC AUC of log p(yes) - log p(no) (0.5: no information, whatever the
+model's yes-bias); the per-split table is below.
 
 {tables['headline']}
 
@@ -40,20 +48,35 @@ Chance: MMBench 25% (4 options; existence questions with 2 options: 50%), POPE a
 
 ## Verdict
 
-On the primary measure, the open questions' gold-answer mean token log-likelihood (per question,
-paired by seed; the one measure on which every arm is above its floor, see `evidence.PRIMARY`),
-with its 95% interval. The instrument is trusted only if the positive control is **better** and
-the negative control **no difference resolved**:
+Declared in `victor/demo/declared.py` before the run (measure, direction, minimum effect of
+interest, control criteria); the verdict on the arms is printed only if both controls pass.
 
 {tables['verdicts']}
 
 ## Paired comparisons
 
-Difference = first arm minus second (the reference), per question, averaged over questions and seeds;
-95% interval from a bootstrap that resamples questions and seeds (4000 replicates). Verdict:
-"better" / "worse" when the interval excludes 0, else "no difference resolved".
+Difference = first arm minus second (the reference), per question, averaged over questions and seeds.
+Two 95% intervals: a bootstrap that resamples questions and seeds (4000 replicates), and a
+Student-t interval over the {res.seeds} per-seed differences (seed-to-seed noise, which the
+bootstrap over questions understates when seeds are few); p (seeds) is the paired t-test over
+seeds, Holm p its Holm adjustment over the secondary measures of each arm comparison (the primary
+measure is not adjusted: it was declared alone); MDE is the minimum detectable effect of that
+t-test at 80% power. Verdict: "better" / "worse" only when **both** intervals exclude 0, else
+"no difference resolved".
 
 {tables['comparisons']}
+
+## Floors of the primary measure
+
+Each arm scored on the same open questions with every image swapped for another question's image
+(a fixed derangement, the same for every arm): what the arm gets from the question text and the
+answer prior alone. An arm is above its floor when both intervals exclude 0.
+
+{tables['floors']}
+
+## POPE per split
+
+{tables['pope']}
 
 ## What this instrument can detect
 
@@ -83,13 +106,24 @@ pool: it gets one seeded as stage 1.5 seeds one. Lower is better.
 
 {tables['recon']}
 
+Masking-information check (held-out images): `replacement distance` is the mean squared distance
+between a masked token and the pool row that replaced it, divided by the mean squared distance
+between a masked token and the mean token (0: the replacement is a copy and the masking removes
+nothing; 1: it carries as little as the mean token); `replacement cosine` their cosine; the heads'
+masked error over the mean predictor's (< 1: the head does better than always predicting the mean
+target). The masking "removes information" when the replacement distance is at least 0.5
+(`victor.demo.recon.REMOVES_INFORMATION`).
+
+{tables['mask_info']}
+
 {tables['recon_comparisons']}
 """)
     if tables["efficiency"]:
         sections.append(f"""## Sample efficiency
 
 Stage 2 on a nested random share of its records (same number of steps), after each arm's
-stage 1.5; likelihood-scored (mean ± std over seeds).
+stage 1.5; likelihood-scored: mean [95% t-interval over seeds], and victor vs baseline on the
+primary measure at each share.
 
 {tables['efficiency']}
 """)

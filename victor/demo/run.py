@@ -7,9 +7,12 @@
 Every arm starts from the same stage-1 checkpoint and sees the same stage-1.5 data and step
 count; seed s of every arm shares data order and mask seed. Two controls say what the
 instrument can detect: `baseline[seed+100]` (the baseline with other seeds: must come out
-equal) and `baseline[half stage 2]` (the baseline's stage 1.5, then half the stage-2 steps: the
-baseline, with twice its stage-2 steps, is known to be better). Each stage's output directory is named by a hash of everything that
-determines it, so an interrupted demo re-run reuses finished stages, evaluations and probes.
+equal) and a dose ladder, `baseline[stage 2 x0.25]` and `baseline[stage 2 x0.5]` (the baseline's
+stage 1.5, then a quarter and half of the stage-2 steps: more stage 2 is known to be better).
+What the verdict rests on (measure, direction, minimum effect, control criteria) is declared in
+`victor.demo.declared`. Each stage's output directory is named by a hash of everything that
+determines it (precision included), so an interrupted demo re-run reuses finished stages,
+evaluations and probes.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pathlib import Path
 import torch
 
 from victor.config import ComprehensionConfig, Recipe, parse_recipe
+from victor.demo.declared import DOSES
 from victor.demo.probe import probe_model, split_images
 from victor.demo.recon import reconstruction
 from victor.demo.report import DemoResults, write_report
@@ -40,14 +44,18 @@ from victor.tiny.scenes import WorldConfig
 from victor.train.run import train_stage
 
 PRESETS = {  # world size, backbone pretraining, steps per stage, seeds ("smoke" is for the tests)
-    "smoke": dict(n_train=24, n_val=6, llm_pretrain=4, vision_pretrain=4, stage1=3, stage15=3, stage2=4, seeds=1,
+    "smoke": dict(n_train=24, n_val=6, llm_pretrain=4, vision_pretrain=4, stage1=3, stage15=3, stage2=8, seeds=1,
                   pool_size=64, extras=False),
     "quick": dict(n_train=600, n_val=60, llm_pretrain=150, vision_pretrain=100, stage1=60, stage15=60, stage2=150,
                   seeds=1, pool_size=128, extras=False),
-    "default": dict(n_train=2000, n_val=300, llm_pretrain=300, vision_pretrain=200, stage1=600, stage15=120,
-                    stage2=240, seeds=2, pool_size=256, extras=False),
+    # default: 5 seeds of every arm and control within ~10 minutes on 2 cores, so fewer steps than the 2-seed
+    # runs before it; pool_size 8: with 7 of 9 tokens masked and one-to-one matching, a 256-row pool seeded
+    # with real tokens hands every masked token a near-copy of itself (replacement distance 0.014 on a
+    # stage-1 checkpoint), 8 rows do not (0.57): the masking removes information (`recon.masking_information`)
+    "default": dict(n_train=2000, n_val=200, llm_pretrain=300, vision_pretrain=200, stage1=400, stage15=40,
+                    stage2=60, seeds=5, pool_size=8, extras=False),
     "full": dict(n_train=4000, n_val=300, llm_pretrain=600, vision_pretrain=300, stage1=600, stage15=600,
-                 stage2=1200, seeds=3, pool_size=256, extras=True),  # extras: sample efficiency + `paper` arm
+                 stage2=1200, seeds=5, pool_size=256, extras=True),  # extras: sample efficiency + `paper` arm
 }
 FRACTIONS = (0.25, 0.5)  # sample efficiency: stage 2 on these shares of its data (1.0 is the main run)
 EFFICIENCY_ARMS = ("baseline", "victor")
@@ -56,7 +64,9 @@ CONTROL_SEED_OFFSET = 100
 ABLATIONS = {"matching": "matching", "attention": "attention", "pool-init": "pool_init", "mask-ratio": "mask_ratio",
              "recon-head": "recon_head", "recon-positions": "recon_positions", "pool-size": "pool_size",
              "recon-target": "recon_target"}
-LIKELIHOOD = ("mmbench", "pope", "gqa")  # scored by likelihood; gqa (open questions) also by generation
+LIKELIHOOD = ("mmbench", "pope", "gqa", "gqa_shuffled")  # scored by likelihood; gqa also by generation
+# gqa_shuffled: the open questions with every image swapped for another question's (the floor of the primary
+# measure: what an arm scores from the question text and answer prior alone)
 
 
 @dataclass
@@ -78,7 +88,7 @@ def parse_args(argv):
     size.add_argument("--quick", action="store_const", dest="preset", const="quick", help="~2 minute smoke run")
     size.add_argument("--full", action="store_const", dest="preset", const="full", help="longer, stronger evidence")
     size.add_argument("--preset", choices=sorted(PRESETS), help="named size (smoke is for tests)")
-    p.add_argument("--seeds", type=int, help="seeds per arm (default: 2; --quick: 1; --full: 3)")
+    p.add_argument("--seeds", type=int, help="seeds per arm and control (default and --full: 5; --quick: 1)")
     p.add_argument("--ablate", action="append", default=[], metavar="KEY=VALUE",
                    help=f"add an arm: victor with one option changed; keys: {', '.join(ABLATIONS)}, recon=off")
     p.add_argument("--sample-efficiency", action="store_true", default=None,
@@ -108,15 +118,24 @@ def fastest_precision(size: int = 256, repeats: int = 20) -> str:
     return "bf16" if seconds(torch.bfloat16) < 0.8 * seconds(torch.float32) else "fp32"
 
 
+def dose_name(dose: float) -> str:
+    return f"baseline[stage 2 x{dose:g}]"  # no "/" in a name: it names stage directories
+
+
 def make_arms(ablations: list[str]) -> list[Arm]:
-    """The two arms, the two controls, and one arm per `--ablate KEY=VALUE` (one stage-1.5 option
-    changed, typed like its field; compared with `victor`)."""
+    """The two arms, the negative control, the positive control's dose ladder (stage 2 at the
+    `declared.DOSES` shares of its steps; each compared with the baseline, and each rung with the
+    next), and one arm per `--ablate KEY=VALUE` (one stage-1.5 option changed, typed like its
+    field; compared with `victor`)."""
     defaults = ComprehensionConfig()
     arms = [Arm("baseline", False), Arm("victor", True, compare=("victor", "baseline")),
             Arm("baseline[seed+100]", False, role="negative control", compare=("baseline[seed+100]", "baseline"),
-                seed_offset=CONTROL_SEED_OFFSET),
-            Arm("baseline[half stage 2]", False, role="positive control", compare=("baseline", "baseline[half stage 2]"),
-                stage2_steps=0.5)]
+                seed_offset=CONTROL_SEED_OFFSET)]
+    ladder = sorted(DOSES)
+    for k, dose in enumerate(ladder):
+        arms.append(Arm(dose_name(dose), False, role="positive control", compare=("baseline", dose_name(dose)),
+                        stage2_steps=dose))
+
     for spec in dict.fromkeys(ablations):
         key, _, value = spec.partition("=")
         if key == "recon" and value == "off":
@@ -132,6 +151,12 @@ def make_arms(ablations: list[str]) -> list[Arm]:
         else:
             raise SystemExit(f"--ablate {spec!r}: use KEY=VALUE with KEY in {', '.join(ABLATIONS)} or recon=off")
     return arms
+
+
+def ladder_comparisons(arms: list[Arm]) -> list[list[str]]:
+    """Neighbouring rungs of the dose ladder: [higher dose, lower dose, "positive control"]."""
+    doses = sorted(a.stage2_steps for a in arms if a.role == "positive control")
+    return [[dose_name(hi), dose_name(lo), "positive control"] for lo, hi in zip(doses, doses[1:])]
 
 
 def recipe_file(name: str) -> Path:
@@ -168,7 +193,7 @@ class Demo:
     def stage(self, label: str, name: str, changes: dict, parent: str | None) -> Path:
         """Run (or reuse) one stage of the tiny recipe; its directory is named by what determines it."""
         path = recipe_file(name)
-        key = digest(name, path.read_text(), changes, parent)
+        key = digest(name, path.read_text(), changes, parent, self.args.precision)
         out = self.root / "stages" / f"{label}-{key}"
         if (out / "victor_stage.json").exists():
             self.log(f"{label}: reusing {out}")
@@ -194,6 +219,7 @@ class Demo:
         s1 = self.stage("stage1", "stage1.yaml", dict(vision=vision, llm=llm, data_path=str(self.world.stage1),
                                                       max_steps=p["stage1"], seed=0), parent=digest(vars(world_cfg)))
         self.probe_split = split_images(self.world)
+        self.shuffled_gqa = shuffled_images(self.world.gqa, self.root / "data" / "gqa-shuffled-images.jsonl")
         runs, efficiency = {}, {}
         for seed in range(self.seeds):
             for arm in self.arms:
@@ -212,7 +238,8 @@ class Demo:
             arms=[(a.name, a.comprehension) for a in self.arms], world=self.world,
             stage1=s1, runs=runs, timings=self.timings, cpu=self.cpu, command=command_line(),
             roles={a.name: a.role for a in self.arms},
-            comparisons=[[*a.compare, a.role] for a in self.arms if a.compare],
+            comparisons=[[*a.compare, a.role] for a in self.arms if a.compare] + ladder_comparisons(self.arms),
+            declaration=declaration_commit(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             sample_efficiency={k: [str(d) for d in v] for k, v in efficiency.items()},
             steps={k: p[k] for k in ("stage1", "stage15", "stage2")})
         report = self.timed("report", write_report, results)
@@ -257,7 +284,8 @@ class Demo:
 
     def evaluate(self, model_dir: Path, arm: Arm, seed: int, benchmarks=LIKELIHOOD, generation: bool = True) -> dict:
         """Likelihood scoring of `benchmarks` (+ generation on the open questions); reuses finished runs."""
-        data = {"mmbench": self.world.mmbench, "pope": self.world.pope["random"].parent, "gqa": self.world.gqa}
+        data = {"mmbench": self.world.mmbench, "pope": self.world.pope["random"].parent, "gqa": self.world.gqa,
+                "gqa_shuffled": self.shuffled_gqa}
         summaries, loaded = {}, []
         jobs = [(b, "likelihood") for b in benchmarks] + ([("gqa", "generate")] if generation else [])
         for bench, scoring in jobs:
@@ -269,7 +297,7 @@ class Demo:
                 if not loaded:
                     loaded = self.timed("eval", load_model, str(model_dir))
                 if scoring == "likelihood":
-                    summary = self.timed("eval", run_likelihood, bench, data[bench], self.world.images,
+                    summary = self.timed("eval", run_likelihood, bench.split("_")[0], data[bench], self.world.images,
                                          Scorer(*loaded, batch_size=64), out, batch_size=64, progress=False)
                 else:
                     generate = Generator(*loaded)
@@ -307,6 +335,40 @@ class Demo:
                             batch_size=recipe.training.per_device_train_batch_size, seed=seed)
         cache.write_text(json.dumps(result))
         return result
+
+
+def shuffled_images(questions: Path, out: Path, seed: int = 0) -> Path:
+    """The open questions with each image replaced by another one (a seeded cyclic derangement of the
+    distinct images: every question gets an image other than its own, the same for every arm)."""
+    rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
+    images = sorted({r["image"] for r in rows})
+    order = images[:]
+    random.Random(seed).shuffle(order)
+    swap = {a: b for a, b in zip(order, order[1:] + order[:1])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r | {"image": swap[r["image"]]}) + "\n" for r in rows)
+    if not out.exists() or out.read_text() != text:
+        out.write_text(text)
+    return out
+
+
+def declaration_commit() -> dict:
+    """The commit that last changed `victor/demo/declared.py` (the primary measure's declaration), its date,
+    the run's code commit, and whether the declaration file has uncommitted changes."""
+    import subprocess
+
+    path = Path(__file__).with_name("declared.py")
+
+    def git(*a) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=path.parent, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    last = git("log", "-1", "--format=%H %cI", "--", path.name).split()
+    return {"commit": last[0] if last else None, "date": last[1] if len(last) > 1 else None,
+            "head": git("rev-parse", "HEAD") or None,
+            "uncommitted": bool(git("status", "--porcelain", "--", path.name)) if last else None}
 
 
 def command_line() -> str:

@@ -73,3 +73,96 @@ def compare_outcomes(a: list[dict], b: list[dict], **kw) -> Comparison:
     """`paired_bootstrap` on per-seed outcome dicts of two arms, on the units both arms share."""
     units = sorted(set.intersection(*(set(o) for o in a + b)))
     return paired_bootstrap([[o[u] for u in units] for o in a], [[o[u] for u in units] for o in b], **kw)
+
+
+# ---- over seeds: the run-to-run noise the bootstrap over questions understates ----------------------
+
+POWER = 0.8
+
+
+@dataclass
+class SeedTest:
+    """Paired differences per seed (mean over units of seed s), their mean, the t-interval over seeds,
+    the two-sided one-sample t-test p-value, and the minimum detectable effect at 80% power."""
+
+    per_seed: list
+    mean: float
+    t_low: float
+    t_high: float
+    p: float
+    mde: float
+    sd: float
+
+
+def t_interval(per_seed, level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t interval over the per-seed differences (n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    x = np.asarray(per_seed, dtype=np.float64)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, float("-inf"), float("inf")
+    half = stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return mean, mean - float(half), mean + float(half)
+
+
+def minimum_detectable_effect(sd: float, n: int, level: float = LEVEL, power: float = POWER) -> float:
+    """Smallest true mean difference a two-sided paired t-test over `n` seeds detects with
+    probability `power`, given the per-seed differences' standard deviation `sd`:
+    (t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)."""
+    from scipy import stats
+
+    if n < 2:
+        return float("inf")
+    return float((stats.t.ppf((1 + level) / 2, n - 1) + stats.t.ppf(power, n - 1)) * sd / np.sqrt(n))
+
+
+def seed_test(a, b, level: float = LEVEL) -> SeedTest:
+    """`b - a` for arrays [seeds, units]: one mean difference per seed, then a t-test over seeds."""
+    from scipy import stats
+
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    per_seed = d.reshape(d.shape[0], -1).mean(axis=1) if d.ndim > 1 else d
+    mean, low, high = t_interval(per_seed, level)
+    n = len(per_seed)
+    sd = float(per_seed.std(ddof=1)) if n > 1 else float("nan")
+    if n < 2:
+        p = float("nan")
+    elif sd == 0:
+        p = 1.0 if mean == 0 else 0.0
+    else:
+        p = float(stats.ttest_1samp(per_seed, 0.0).pvalue)
+    return SeedTest([float(x) for x in per_seed], mean, low, high, p, minimum_detectable_effect(sd, n, level), sd)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    order = np.argsort(p)
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def combined_verdict(boot: str, seeds: str) -> str:
+    """A difference is claimed only when the bootstrap over questions and seeds and the t-interval over
+    seeds agree on it; anything else is "no difference resolved"."""
+    return boot if boot == seeds else "no difference resolved"
+
+
+def compare_full(a: list[dict], b: list[dict], higher_is_better: bool = True, **kw) -> dict:
+    """Both intervals for `b - a` on per-seed outcome dicts (units both arms share): the question-and-seed
+    bootstrap (`low`, `high`, `verdict_bootstrap`), the t-interval over seeds (`t_low`, `t_high`,
+    `verdict_seeds`, `p_seeds`, `per_seed`, `mde`), and `verdict`: the two combined."""
+    units = sorted(set.intersection(*(set(o) for o in a + b)))
+    xa, xb = [[o[u] for u in units] for o in a], [[o[u] for u in units] for o in b]
+    c = paired_bootstrap(xa, xb, higher_is_better=higher_is_better, **kw)
+    s = seed_test(xa, xb)
+    by_seed = verdict(s.t_low, s.t_high, higher_is_better)
+    return c.as_dict() | {"verdict_bootstrap": c.verdict, "verdict_seeds": by_seed,
+                          "verdict": combined_verdict(c.verdict, by_seed), "t_low": s.t_low, "t_high": s.t_high,
+                          "p_seeds": s.p, "per_seed": s.per_seed, "mde": s.mde, "sd_seeds": s.sd}

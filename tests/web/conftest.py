@@ -17,6 +17,11 @@ from PIL import Image
 from victor.train.checkpoint import save_extra_state
 
 
+def pytest_configure(config):
+    # Gradio's queue calls pandas options that pandas 3 deprecates, once per request: not ours to fix
+    config.addinivalue_line("filterwarnings", r"ignore:.*(no_silent_downcasting|The copy keyword is deprecated)")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """In CI a skipped web test fails: CI must not pass without the browser having run."""

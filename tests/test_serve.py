@@ -1,10 +1,8 @@
-"""`victor serve`: the chat logic, then the Gradio app through its HTTP API on 127.0.0.1.
+"""`victor serve`: the chat logic, without Gradio (the page and its API: tests/web, in .venv-web).
 
-Greedy answers streamed by the web chat equal `victor chat`'s (`Generator`); a second question
-continues the conversation; a checkpoint with a pool answers `/pool`. Skipped without Gradio.
+Greedy answers streamed by the chat equal `victor chat`'s (`Generator`); the pool view matches
+patches to rows; uploads go through victor's image loader.
 """
-import socket
-
 import pytest
 import torch
 from PIL import Image
@@ -58,42 +56,20 @@ def test_stream_matches_victor_chat_and_pool_view(checkpoint, image_file):
     assert one_to_one["distinct"] == 16
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_uploads_go_through_victors_loader(tmp_path, image_file):
+    """The web chat decodes uploads with victor's loader: its pixel limit and reasons, the file's own name."""
+    from victor.serve.web import UploadError, load_upload
 
-
-def test_web_chat_through_its_http_api(checkpoint, image_file):
-    pytest.importorskip("gradio")
-    client_module = pytest.importorskip("gradio_client")
-    from victor.serve.web import serve
-
-    app, url = serve(str(checkpoint), host="127.0.0.1", port=free_port(), block=False)
-    try:
-        assert url.startswith("http://127.0.0.1:")
-        client = client_module.Client(url, verbose=False)
-        image = client_module.handle_file(str(image_file))
-        job = client.submit(image, QUESTION, [], 0.0, 0.7, 6, api_name="/chat")
-        history, box = job.result(timeout=300)
-        expected = Generator(str(checkpoint))([Image.open(image_file).convert("RGB")], [QUESTION],
-                                              max_new_tokens=6)[0]
-        assert box == "" and [m["role"] for m in history] == ["user", "assistant"]
-        assert _text(history[1]).strip() == expected
-        assert len(job.outputs()) >= 2  # streamed: partial answers before the last one
-
-        history2, _ = client.predict(image, "how many objects ?", history, 0.0, 0.7, 6, api_name="/chat")
-        assert [m["role"] for m in history2] == ["user", "assistant", "user", "assistant"]
-        assert _text(history2[1]) == _text(history[1])
-
-        overlay, table = client.predict(image, "nearest", api_name="/pool")
-        assert "distinct pool rows" in table and overlay
-    finally:
-        app.close()
-
-
-def _text(message) -> str:
-    content = message["content"]
-    if isinstance(content, list):
-        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-    return str(content)
+    assert load_upload(None) is None
+    assert load_upload(str(image_file)).size == (40, 24)
+    rgba = tmp_path / "clear.png"
+    Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(rgba)
+    assert load_upload(str(rgba)).getpixel((0, 0)) == (255, 255, 255)  # transparency on white, as training
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    with pytest.raises(UploadError, match=r"^Cannot use notes.txt \(not a readable image\): not an image format"):
+        load_upload(str(notes))
+    with pytest.raises(UploadError, match=r"^Cannot use red.png \(too many pixels\): 40x24 = 960 pixels, more "
+                                          r"than the limit of 959 \(victor serve --max-image-pixels\)$"):
+        load_upload(str(image_file), max_pixels=959)
+    assert load_upload(str(image_file), max_pixels=None).size == (40, 24)

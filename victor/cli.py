@@ -180,7 +180,8 @@ def _serve(args):
     from victor.serve.web import serve
 
     serve(args.model, host=args.host, port=args.port,
-          dtype=None if args.dtype == "auto" else getattr(torch, args.dtype))
+          dtype=None if args.dtype == "auto" else getattr(torch, args.dtype), concurrency=args.concurrency,
+          max_image_pixels=args.max_image_pixels or None)
 
 
 def _compare(args):
@@ -291,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+    s.add_argument("--concurrency", type=int, default=1,
+                   help="generations run at once on the model (Gradio's queue); more requests wait (default 1)")
+    s.add_argument("--max-image-pixels", type=int, default=40_000_000,
+                   help="uploads with more pixels are refused before decoding (0: no limit; default 40000000)")
 
     s = sub.add_parser("data", help="dataset tools: `victor data check DATA --image-root DIR`")
     data = s.add_subparsers(dest="data_command", required=True)

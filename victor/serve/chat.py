@@ -64,6 +64,9 @@ class ChatModel:
         self.model, self.processor = load_model(str(path), dtype=dtype)
         self.model.eval()
         self.pool = load_state(path)["pool"] if has_state(path) else None
+        # concurrent sessions (victor serve --concurrency) share the processor: a fast tokenizer
+        # can refuse a call while another thread changes its padding state ("Already borrowed")
+        self._prepare = threading.Lock()
 
     @property
     def description(self) -> str:
@@ -72,9 +75,10 @@ class ChatModel:
         return f"{self.path.name}: {c.model_type}, {c.image_seq_length} visual tokens per image{pool}"
 
     def _inputs(self, image, history, question):
-        text = self.processor.apply_chat_template(conversation(history, question, image is not None),
-                                                  add_generation_prompt=True)
-        inputs = self.processor(text=text, images=image, return_tensors="pt").to(self.model.device)
+        with self._prepare:
+            text = self.processor.apply_chat_template(conversation(history, question, image is not None),
+                                                      add_generation_prompt=True)
+            inputs = self.processor(text=text, images=image, return_tensors="pt").to(self.model.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         return inputs

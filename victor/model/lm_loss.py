@@ -77,16 +77,17 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, chunk, dtype):
         need_h, need_w = hidden.requires_grad, weight.requires_grad
         need_b = bias is not None and bias.requires_grad
+        acc = torch.promote_types(dtype, torch.float32)  # logits, loss and head gradients: fp32 (fp64 for fp64)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
-            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            total = torch.zeros((), dtype=acc, device=hidden.device)
             grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-            grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+            grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_b else None
             for s in range(0, hidden.shape[0], chunk):
                 h, t = hidden[s:s + chunk].to(dtype), targets[s:s + chunk]
-                logits = F.linear(h, w, b).float()
+                logits = F.linear(h, w, b).to(acc)
                 valid = t != IGNORE
                 safe = t.clamp(min=0).unsqueeze(1)
                 lse = torch.logsumexp(logits, dim=-1)
@@ -102,10 +103,10 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
                 if need_h:
                     grad_h[s:s + chunk] = (g @ w).to(hidden.dtype)
                 if need_w:
-                    if dtype == torch.float32:
+                    if dtype == acc:
                         grad_w.addmm_(g.T, h)
                     else:
-                        grad_w.add_((g.T @ h).float())
+                        grad_w.add_((g.T @ h).to(acc))
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total

@@ -1,7 +1,9 @@
 """GPU check for one GPU, one command, under 5 minutes: stage 1.5 with ZeRO-3 (+ bf16 on a GPU) on a
 small random LLM at 576 visual tokens (336 px / 14 px patches), with sdpa and, where installed,
 flash attention (a mixed attention mode must be refused with it). One table: step time, peak GPU
-memory, host syncs per step, whether every parameter and buffer sits on the training device, and
+memory, host syncs per step (CUDA's sync debug mode over the whole step, and victor's own
+counted by `victor.bench.syncs`), MFU (the step's FLOPs counted by torch's FlopCounterMode over the
+measured bf16 GEMM peak of the device), whether every parameter and buffer sits on the training device, and
 whether the saved checkpoint equals the trained weights. Exit 1 on any mismatch.
 
     python tools/gpu_check.py                 # GPU (tools/gpu_check.sh)
@@ -72,11 +74,22 @@ def row(root: Path, device: str, attn: str, attention: str, out_json: Path) -> N
     deepspeed = importlib.util.find_spec("deepspeed") is not None
     result = {"attn": attn, "attention": attention, "deepspeed": deepspeed}
 
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from victor.bench.syncs import SyncCounter
+
     class Measure(TrainerCallback):
+        """Times every step but the one (the second) that runs under the FLOP and sync counters."""
+
         def __init__(self):
             self.times, self.syncs, self.misplaced, self.final, self._caught = [], [], set(), {}, None
+            self.flops, self.victor_syncs, self._counters = None, None, None
 
         def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                self._counters = (FlopCounterMode(display=False), SyncCounter())
+                for c in self._counters:
+                    c.__enter__()
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.set_sync_debug_mode("warn")
@@ -89,7 +102,14 @@ def row(root: Path, device: str, attn: str, attention: str, out_json: Path) -> N
             if cuda:
                 torch.cuda.set_sync_debug_mode("default")
                 torch.cuda.synchronize()
-            self.times.append(time.perf_counter() - self._t)
+            if self._counters is not None:
+                for c in reversed(self._counters):
+                    c.__exit__(None, None, None)
+                self.flops = self._counters[0].get_total_flops()
+                self.victor_syncs = self._counters[1].count()
+                self._counters = None
+            else:
+                self.times.append(time.perf_counter() - self._t)
             self.syncs.append(sum("synchroniz" in str(w.message) for w in self._log))
             self._caught.__exit__(None, None, None)
             for name, t in [*model.named_parameters(), *model.named_buffers()]:
@@ -124,10 +144,31 @@ def row(root: Path, device: str, attn: str, attention: str, out_json: Path) -> N
         return
     torch.save(measure.final, out / "live_final.pt")  # compared with the reloaded checkpoint by the parent
     steady = measure.times[1:] or measure.times
+    peak = gemm_peak(torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32)
+    step_s = sum(steady) / len(steady)
+    result.update(victor_syncs=measure.victor_syncs, mfu=(measure.flops or 0) / step_s / peak if peak else None)
     result.update(step_s=sum(steady) / len(steady), syncs=max(measure.syncs[1:] or measure.syncs),
                   peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                   misplaced=sorted(measure.misplaced)[:5], out=str(out), steps=len(measure.times))
     out_json.write_text(json.dumps(result))
+
+
+def gemm_peak(device, dtype, n: int = 4096) -> float:
+    """Measured FLOP/s of an n^3 matrix multiply on `device` (best of 5)."""
+    import torch
+
+    n = n if device.type == "cuda" else 512
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(6):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
 
 
 def reload_differences(out: Path) -> list[str]:
@@ -172,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
               "built elsewhere)")
     failures, lines = [], []
     header = f"{'attention kernel':18} {'mode':21} {'engine':10} {'s/step':>7} {'peak GiB':>8} {'syncs/step':>10} " \
-             f"{'on device':>9} {'reload':>6}  verdict"
+             f"{'victor syncs':>12} {'MFU':>5} {'on device':>9} {'reload':>6}  verdict"
     for attn, attention, expect in rows:
         out = root / f"{attn}-{attention}.json"
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -187,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if expect == "refused":
             ok = "error" in r and "flash" in r["error"].lower()
             verdict = "refused, as it must be" if ok else f"NOT refused: {r.get('error', 'it trained')}"
-            lines.append(f"{attn:18} {attention:21} {engine:10} {'-':>7} {'-':>8} {'-':>10} {'-':>9} {'-':>6}  {verdict}")
+            lines.append(f"{attn:18} {attention:21} {engine:10} {'-':>7} {'-':>8} {'-':>10} {'-':>12} {'-':>5} {'-':>9} {'-':>6}  {verdict}")
             if not ok:
                 failures.append(f"{attn}/{attention}: a mixed attention mode must be refused with flash attention")
             continue
@@ -201,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         failures += [f"{attn}/{attention}: {p}" for p in problems]
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "n/a"
         syncs = str(r["syncs"]) if args.device == "cuda" else "n/a"
+        mfu = f"{100 * r['mfu']:.0f}%" if r.get("mfu") is not None else "n/a"
         lines.append(f"{attn:18} {attention:21} {engine:10} {r['step_s']:7.3f} {peak:>8} {syncs:>10} "
+                     f"{str(r.get('victor_syncs')):>12} {mfu:>5} "
                      f"{'yes' if not r['misplaced'] else 'NO':>9} {'equal' if not r['reload_differs'] else 'DIFF':>6}"
                      f"  {'ok' if not problems else 'MISMATCH'}")
     size = SIZES[args.device]

@@ -2,6 +2,9 @@
 
     victor bench step      stage-1.5 training step vs a plain LLaVA step (same model, same batch)
     victor bench matching  exact batched assignment vs scipy's linear_sum_assignment per image
+    victor bench realistic the step at the realistic shape (fp32 and bf16, ratios with spread, % of GEMM peak)
+    victor bench memory    the LM loss's peak memory, plain vs chunked, at 32 k and 152 k vocabularies
+    victor bench all       all of the above; writes docs/performance.md (--quick: a subset, ~5 min)
 """
 from __future__ import annotations
 
@@ -24,11 +27,37 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=2)
     sub.add_parser("matching", help="exact assignment against scipy per image", add_help=False)
+    for name in ("realistic", "memory", "all"):
+        q = sub.add_parser(name)
+        q.add_argument("--quick", action="store_true")
+        q.add_argument("--threads", type=int, default=2)
+        q.add_argument("--rounds", type=int, default=None)
+        q.add_argument("--output", default="docs/performance.md")
     args, rest = p.parse_known_args(argv)
     if args.what == "step":
         from victor.bench.step import bench_step
 
         bench_step(args)
+    elif args.what == "all":
+        from victor.bench.suite import run_all
+
+        print(run_all(args.quick, args.threads, args.output, args.rounds))
+    elif args.what == "realistic":
+        import torch
+
+        from victor.bench.suite import bench_steps, gemm_peak
+
+        torch.set_num_threads(args.threads)
+        peaks = {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}
+        result = bench_steps("realistic", rounds=args.rounds or 3, threads=args.threads, peaks=peaks)
+        for r in result["rows"]:
+            print(f"{r['dtype']} {r['variant']:45s} {r['seconds']:.3f}s x{r['ratio']:.3f} ({r['lo']:.3f}..{r['hi']:.3f}) "
+                  f"{100 * r['peak_fraction']:.0f}% of peak, syncs {r['syncs']}, peak {r['peak_mib']:.0f} MiB")
+    elif args.what == "memory":
+        from victor.bench.suite import bench_loss_memory
+
+        for r in bench_loss_memory(tokens=1400 if args.quick else 2800, threads=args.threads):
+            print(r)
     else:
         from victor.bench.matching import main as matching_main
 

@@ -28,6 +28,7 @@ from transformers.masking_utils import create_causal_mask
 
 from victor.config import ComprehensionConfig
 from victor.model import comprehension_state, matching
+from victor.model.lm_loss import chunked_lm_loss
 
 
 # The authors' heads are initialised by their LLM's `post_init`: Linear and Embedding weights
@@ -90,13 +91,57 @@ def keyed_token_mask(keys: torch.Tensor, n_visual: int, n_masked: int, seed: int
 
     With keys naming the sample (dataset index and image ordinal), a sample gets the same mask
     whichever process or micro-batch it lands in: one process with batch 8 and two with batch 4
-    train on identical masks.
-    """
-    scores = torch.empty(len(keys), n_visual)
-    for row, key in enumerate(keys.tolist()):
-        mixed = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + key * 0x94D049BB133111EB) % (2**63 - 1)
-        scores[row] = torch.rand(n_visual, generator=torch.Generator().manual_seed(mixed))
-    return _mask_from_scores(scores.to(device), n_masked)
+    train on identical masks. The scores are a counter-based hash (splitmix64) computed on the
+    keys' device, so no key is ever read by the host."""
+    return _mask_from_positions(keyed_positions(keys, n_visual, n_masked, seed, step, device), n_visual)
+
+
+def _as_int64(value: int) -> int:
+    value %= 2**64
+    return value - 2**64 if value >= 2**63 else value
+
+
+def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors (wrapping arithmetic, the same on every device)."""
+    x = x + _as_int64(0x9E3779B97F4A7C15)
+    x = (x ^ _srl(x, 30)) * _as_int64(0xBF58476D1CE4E5B9)
+    x = (x ^ _srl(x, 27)) * _as_int64(0x94D049BB133111EB)
+    return x ^ _srl(x, 31)
+
+
+def keyed_positions(keys: torch.Tensor, n_visual: int, n_masked: int, seed: int, step: int, device) -> torch.Tensor:
+    """The masked positions of `keyed_token_mask`, ascending: Long [images, n_masked]."""
+    mixed = _as_int64(seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9)  # host integers only
+    per_image = _splitmix64(_splitmix64(keys.to(device=device, dtype=torch.long) ^ mixed) + mixed)
+    scores = _splitmix64(per_image[:, None] + torch.arange(n_visual, device=device) * _as_int64(0xD1B54A32D192ED03))
+    return _positions_from_scores(scores, n_masked)
+
+
+def random_positions(n_images: int, n_visual: int, n_masked: int, device, generator=None) -> torch.Tensor:
+    """The masked positions of `random_token_mask`, ascending: Long [images, n_masked]."""
+    return _positions_from_scores(torch.rand(n_images, n_visual, device=device, generator=generator), n_masked)
+
+
+def _positions_from_scores(scores: torch.Tensor, n_masked: int) -> torch.Tensor:
+    return scores.argsort(dim=1)[:, :n_masked].sort(dim=1).values
+
+
+def _mask_from_positions(positions: torch.Tensor, n_visual: int) -> torch.Tensor:
+    mask = torch.zeros(positions.shape[0], n_visual, dtype=torch.bool, device=positions.device)
+    return mask.scatter_(1, positions, True)
+
+
+def image_positions(is_image: torch.Tensor, n_total: int) -> torch.Tensor:
+    """Flat indices of the `n_total` True entries of `is_image` [batch, seq], in row-major order,
+    without a host sync (a stable sort, not `nonzero`: the output size is known in advance)."""
+    flat = is_image.reshape(-1)
+    torch._assert_async(flat.sum() == n_total, "image tokens in input_ids do not match the images' visual tokens")
+    return torch.sort((~flat).to(torch.uint8), stable=True).indices[:n_total]
 
 
 def _mask_from_scores(scores: torch.Tensor, n_masked: int) -> torch.Tensor:
@@ -227,23 +272,36 @@ class VisualComprehension(nn.Module):
         """tokens [images, n_visual, hidden] -> (replaced tokens, mask, matched rows, costs).
 
         With `image_keys` (one per image, from the collator) masks depend on (seed, step, key) only;
-        without, they come from torch's global generator."""
+        without, they come from torch's global generator. Masked positions are gathered and
+        scattered by index (their count is fixed), so nothing here waits for the device except the
+        one copy of the costs to the Hungarian solver."""
         n_images, n_visual, hidden = tokens.shape
         n_masked = self.settings.masked_count(n_visual)
         if image_keys is None:
-            mask = random_token_mask(n_images, n_visual, n_masked, tokens.device)
+            positions = random_positions(n_images, n_visual, n_masked, tokens.device)
         else:
-            mask = keyed_token_mask(image_keys, n_visual, n_masked, self.mask_seed, step, tokens.device)
-        masked = tokens[mask].view(n_images, n_masked, hidden)  # positions in ascending order
+            positions = keyed_positions(image_keys, n_visual, n_masked, self.mask_seed, step, tokens.device)
+        mask = _mask_from_positions(positions, n_visual)
+        index = positions.unsqueeze(-1).expand(-1, -1, hidden)
+        masked = tokens.gather(1, index)  # positions in ascending order
         cost = matching.euclidean_cost(masked.detach(), self.pool.detach())
         rows = matching.assign(cost, self.settings.matching)  # [images, n_masked], no gradient
         row_cost = cost.gather(-1, rows.unsqueeze(-1)).squeeze(-1)
-        # gradient reaches exactly the gathered pool rows; masked_scatter fills in row-major order
-        replaced = tokens.masked_scatter(mask.unsqueeze(-1), self.pool[rows].to(tokens.dtype))
+        # gradient reaches exactly the gathered pool rows (and the tokens that were not replaced)
+        replaced = tokens.scatter(1, index, self.pool[rows].to(tokens.dtype))
         return replaced, mask, rows, row_cost
 
+    def check_ready(self) -> None:
+        """Refuse to train an unseeded `tokens` pool. One host read of `pool_ready`, on the first
+        training forward (and after a state load), never on every step."""
+        if not bool(self.pool_ready):
+            raise RuntimeError("pool_init='tokens': the pool has not been seeded; call seed_pool(tokens) before "
+                               "training (victor's train_stage does this from the first batches of the data)")
+        self._ready = True
+
     def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, image_keys=None,
-                mask_step: int = 0, num_items_in_batch=None, num_recon_items=None, **kwargs):
+                mask_step: int = 0, num_items_in_batch=None, num_recon_items=None, return_logits: bool | None = None,
+                **kwargs):
         """Every batch, text-only or not, runs the LLM through `run_llm` under the stage's attention
         mode, so a sample's logits and loss do not depend on its batch mates: in `prefix` mode a
         text-only sample's prompt is bidirectional whether or not an image sample shares its batch.
@@ -252,35 +310,42 @@ class VisualComprehension(nn.Module):
         tokens and reconstructed positions of the whole global batch) each term is this
         micro-batch's share of a global-batch mean; without them, this micro-batch's own mean.
         Visual positions under padding (the collator's blank image of a text-only batch, which
-        keeps every rank running the same modules) count nowhere: no loss, no pool usage."""
+        keeps every rank running the same modules) count nowhere: no loss, no pool usage.
+
+        Full-vocabulary logits are returned only when asked (`return_logits`; by default in eval
+        mode, not in training): the training loss is a chunked linear + cross-entropy that never
+        holds them (`lm_loss.chunked_lm_loss`). Statistics come back as 0-dim tensors, read by
+        the host only on logging steps."""
         llava, lcfg = self.llava, self.llava.config
+        want_logits = (not self.training) if return_logits is None else return_logits
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         embeds = llava.get_input_embeddings()(input_ids)
         if labels is None:  # like any transformers model: logits, no loss
             if pixel_values is not None:
                 tokens = torch.stack(list(llava.model.get_image_features(pixel_values=pixel_values).pooler_output))
-                embeds = self.place_visual(embeds, input_ids, self.mask_and_match(tokens, image_keys, mask_step)[0])
+                replaced = self.mask_and_match(tokens, image_keys, mask_step)[0]
+                embeds = self.place_visual(embeds, input_ids, replaced)[0]
             logits = llava.lm_head(self.run_llm(embeds, input_ids, attention_mask, None))
             return {"loss": None, "logits": logits, "lm_loss": None, "recon_loss": None, "stats": {}}
         if pixel_values is None:  # a text-only batch: nothing to mask or reconstruct
             self._count_usage(torch.zeros_like(self.usage))  # every rank joins the same collectives
-            logits, lm_loss = self.language_model_loss(embeds, input_ids, attention_mask, labels, num_items_in_batch)
+            logits, lm_loss = self.language_model_loss(embeds, input_ids, attention_mask, labels, num_items_in_batch,
+                                                       return_logits=want_logits)
             return {"loss": lm_loss, "logits": logits, "lm_loss": lm_loss, "recon_loss": lm_loss.new_zeros(()),
                     "stats": {}}
         vision_out = llava.model.get_image_features(pixel_values=pixel_values, return_dict=True)
         tokens = torch.stack(list(vision_out.pooler_output))  # [images, n_visual, hidden]
-        if not bool(self.pool_ready):
-            raise RuntimeError("pool_init='tokens': the pool has not been seeded; call seed_pool(tokens) before "
-                               "training (victor's train_stage does this from the first batches of the data)")
+        if not getattr(self, "_ready", False):
+            self.check_ready()
         target = self._target(tokens, vision_out)
         replaced, mask, rows, row_cost = self.mask_and_match(tokens, image_keys, mask_step)
 
-        is_image = input_ids == lcfg.image_token_id
-        real = attention_mask.bool()[is_image].view(mask.shape)  # False: a blank image's padded positions
-        embeds = self.place_visual(embeds, input_ids, replaced)
+        embeds, positions = self.place_visual(embeds, input_ids, replaced)
+        real = attention_mask.reshape(-1)[positions].view(mask.shape).bool()  # False: a blank image's padding
         logits, lm_loss, hidden = self.language_model_loss(embeds, input_ids, attention_mask, labels,
-                                                           num_items_in_batch, return_hidden=True)
-        visual_hidden = hidden[is_image].view(*tokens.shape[:2], -1)
+                                                           num_items_in_batch, return_hidden=True,
+                                                           return_logits=want_logits)
+        visual_hidden = hidden.reshape(-1, hidden.shape[-1])[positions].view(*tokens.shape[:2], -1)
         per_position = self.reconstruction_error(self.head(visual_hidden), target)
         weights = self.recon_weights(mask, real)
         recon_loss = (per_position * weights).sum() / (weights.sum().clamp(min=1) if num_recon_items is None
@@ -294,10 +359,13 @@ class VisualComprehension(nn.Module):
             "stats": self._stats(rows, row_cost, per_position.detach(), mask, real[:, 0]),
         }
 
-    def place_visual(self, embeds, input_ids, visual: torch.Tensor) -> torch.Tensor:
-        """The text embeddings with the visual tokens [images, n_visual, hidden] at the image positions."""
-        is_image = (input_ids == self.llava.config.image_token_id).unsqueeze(-1)
-        return embeds.masked_scatter(is_image, visual.reshape(-1, visual.shape[-1]).to(embeds.dtype))
+    def place_visual(self, embeds, input_ids, replaced):
+        """Write the images' (replaced) tokens at the image-token positions -> (embeds, flat positions)."""
+        positions = image_positions(input_ids == self.llava.config.image_token_id,
+                                    replaced.shape[0] * replaced.shape[1])
+        flat = embeds.reshape(-1, embeds.shape[-1])
+        flat = flat.index_copy(0, positions, replaced.reshape(-1, replaced.shape[-1]).to(embeds.dtype))
+        return flat.view_as(embeds), positions
 
     def recon_weights(self, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """1 at the visual positions the reconstruction term averages over, else 0: [images, n_visual]."""
@@ -314,14 +382,19 @@ class VisualComprehension(nn.Module):
         return real // self.n_visual * self.settings.masked_count(self.n_visual)
 
     def language_model_loss(self, embeds, input_ids, attention_mask, labels, num_items_in_batch=None,
-                            return_hidden: bool = False):
-        """-> (logits, LM cross-entropy[, final hidden states]) under this stage's attention mode."""
+                            return_hidden: bool = False, return_logits: bool = True):
+        """-> (logits or None, LM cross-entropy[, final hidden states]) under this stage's attention mode.
+
+        With `return_logits` the plain path (full logits, the model's own loss function); without,
+        `lm_loss.lm_loss` computes the same value chunk by chunk."""
         lcfg = self.llava.config
         hidden = self.run_llm(embeds, input_ids, attention_mask, labels)
-        logits = self.llava.lm_head(hidden)
-        lm_loss = self.llava.loss_function(
-            logits=logits, labels=labels, vocab_size=lcfg.text_config.vocab_size, num_items_in_batch=num_items_in_batch
-        )
+        if return_logits:
+            logits = self.llava.lm_head(hidden)
+            lm_loss = self.llava.loss_function(logits=logits, labels=labels, vocab_size=lcfg.text_config.vocab_size,
+                                               num_items_in_batch=num_items_in_batch)
+        else:
+            logits, lm_loss = None, chunked_lm_loss(hidden, self.llava.lm_head, labels, num_items_in_batch)
         return (logits, lm_loss, hidden) if return_hidden else (logits, lm_loss)
 
     def run_llm(self, embeds, input_ids, attention_mask, labels):
@@ -357,28 +430,29 @@ class VisualComprehension(nn.Module):
             return counts
 
     def _stats(self, rows, row_cost, per_position, mask, image_real=None):
-        """Pool, matching and reconstruction statistics of the real images (not a blank one)."""
+        """Pool, matching and reconstruction statistics of the real images (not a blank one), as
+        0-dim float tensors: weighted sums, no boolean indexing, nothing read by the host."""
         with torch.no_grad():
             if image_real is None:
                 image_real = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
             hits = image_real[:, None].expand_as(rows).reshape(-1).long()
             counts = self._count_usage(torch.zeros_like(self.usage).scatter_add_(0, rows.reshape(-1), hits)).float()
             p = counts / counts.sum().clamp(min=1)
-            entropy = -(p[p > 0] * p[p > 0].log()).sum()
             run_p = self.usage.float() / self.usage.sum().clamp(min=1)
-            run_entropy = -(run_p[run_p > 0] * run_p[run_p > 0].log()).sum()
-            rows, row_cost = rows[image_real], row_cost[image_real]
-            per_position, mask = per_position[image_real], mask[image_real]
-            rows_per_image = ((rows.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1).float().mean()
+            images = image_real.float()
+            n_images = images.sum()  # 0 (no real image): the means below are nan, as a mean of nothing is
+            distinct = ((rows.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1).float()
+            masked, visible = mask & image_real[:, None], ~mask & image_real[:, None]
+            zero = per_position.new_zeros(())
             return {
-                "pool/rows_used_batch": float((counts > 0).sum()),
-                "pool/rows_used_run": float((self.usage > 0).sum()),
-                "pool/perplexity_batch": float(entropy.exp()),
-                "pool/perplexity_run": float(run_entropy.exp()),
-                "pool/distinct_rows_per_image": float(rows_per_image),
-                "match/mean_cost": float(row_cost.mean()),
-                "recon/masked": float(per_position[mask].mean()),
-                "recon/visible": float(per_position[~mask].mean()) if (~mask).any() else float("nan"),
+                "pool/rows_used_batch": (counts > 0).sum().float(),
+                "pool/rows_used_run": (self.usage > 0).sum().float(),
+                "pool/perplexity_batch": (-torch.special.xlogy(p, p).sum()).exp(),
+                "pool/perplexity_run": (-torch.special.xlogy(run_p, run_p).sum()).exp(),
+                "pool/distinct_rows_per_image": (distinct * images).sum() / n_images,
+                "match/mean_cost": (row_cost.float() * images[:, None]).sum() / (n_images * rows.shape[1]),
+                "recon/masked": torch.where(masked, per_position, zero).sum() / masked.sum(),
+                "recon/visible": torch.where(visible, per_position, zero).sum() / visible.sum(),
             }
 
     # -- what leaves the stage -------------------------------------------------------------
@@ -398,6 +472,7 @@ class VisualComprehension(nn.Module):
         self.load_extra_state_dict(comprehension_state.load_state(directory))
 
     def load_extra_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._ready = False  # checked again on the next training forward
         with torch.no_grad():
             self.pool.copy_(state["pool"])
             self.pool_ready.copy_(state["pool_ready"])

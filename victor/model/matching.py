@@ -22,6 +22,7 @@ an order of magnitude faster than scipy per image: ``victor bench matching``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Sequence
 
 import numpy as np
@@ -47,13 +48,32 @@ class MatchingError(ValueError):
     """The requested one-to-one matching is impossible (more tokens than pool rows)."""
 
 
+@contextmanager
+def exact_fp32_matmul():
+    """fp32 matrix multiplies in full fp32 here, whatever the process chose: TF32 on CUDA
+    (`--tf32 True`, `set_float32_matmul_precision("high")`) and oneDNN's bf16/TF32 on CPUs are
+    turned off for the block and restored after it."""
+    backends = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
+    saved = [b.fp32_precision for b in backends]
+    try:
+        for b in backends:
+            b.fp32_precision = "ieee"
+        yield
+    finally:
+        for b, value in zip(backends, saved):
+            b.fp32_precision = value
+
+
 def euclidean_cost(tokens: Tensor, pool: Tensor) -> Tensor:
     """Euclidean distances between tokens ``[..., n, D]`` and pool rows ``[m, D]``.
 
     Returns a float32 ``[..., n, m]`` tensor on ``tokens.device``, detached from
-    autograd, computed as ``sqrt(max(||x||^2 + ||p||^2 - 2 x.p, 0))``.
+    autograd, computed as ``sqrt(max(||x||^2 + ||p||^2 - 2 x.p, 0))``. The cross term is an
+    fp32 matrix multiply with autocast and TF32 (or oneDNN bf16) turned off for it: under bf16
+    autocast it would run in bf16 and under TF32 with a 10-bit mantissa, rounding errors (~1e-3
+    of the distance) larger than the gaps that decide which pool row is nearest.
     """
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False), exact_fp32_matmul():
         x = tokens.detach().float()
         p = pool.detach().to(device=x.device, dtype=torch.float32)
         sq = (x * x).sum(-1, keepdim=True) + (p * p).sum(-1) - 2.0 * (x @ p.T)

@@ -55,7 +55,7 @@ class VictorTrainer(Trainer):
         self.placeholder_batch = placeholder_batch
         self.module_lrs = module_lrs or {}
         self.group_by_modality_length = group_by_modality_length
-        self._extra_logs: dict[str, list[float]] = defaultdict(list)
+        self._extra_logs: dict[str, list[torch.Tensor]] = defaultdict(list)  # read at log time
 
     # -- data order -----------------------------------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -167,13 +167,21 @@ class VictorTrainer(Trainer):
             totals = self.accelerator.reduce(totals, reduction="sum")
         return {"lm_loss": round(float(totals[0]) / steps, 6), "recon_loss": round(float(totals[1]) / steps, 6)}
 
+    def _statistics(self) -> dict[str, float]:
+        """Means of the forward's statistics since the last log. They are kept as device tensors
+        on every micro-step and read by the host here, once per logging step (one copy)."""
+        keys = list(self._extra_logs)
+        device = next((v.device for vs in self._extra_logs.values() for v in vs if torch.is_tensor(v)), "cpu")
+        means = torch.stack([torch.stack([torch.as_tensor(v).detach().to(device, torch.float32).reshape(())
+                                          for v in self._extra_logs[k]]).mean() for k in keys])
+        self._extra_logs.clear()
+        return {k: round(v, 6) for k, v in zip(keys, means.tolist())}
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs and isinstance(self.accelerator.unwrap_model(self.model), VisualComprehension):
             logs.update(self._reported_terms())
         if "loss" in logs and self._extra_logs:
-            for key, values in self._extra_logs.items():
-                logs[key] = round(sum(values) / len(values), 6)
-            self._extra_logs.clear()
+            logs.update(self._statistics())
         if "loss" in logs:
             logs["data/skipped"] = float(self.skip_monitor.skipped())
             logs.update({f"data/skipped/{reason}": float(n) for reason, n in self.skip_monitor.counts().items()})

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 
 def _synth(args):
@@ -113,6 +114,8 @@ def _eval(args):
 
 def _data(args):
     """`victor data check`: exit 1 above --max-skip-fraction, 2 if a file or directory is unusable."""
+    if args.data_command == "index":
+        return _data_index(args)
     from victor.data import check
     from victor.data.llava import DataFormatError
 
@@ -129,6 +132,23 @@ def _data(args):
         print(f"report written to {args.report}")
     if not report["passed"]:
         raise SystemExit(1)
+
+
+def _data_index(args):
+    """`victor data index FILE...`: build (or check) the record index of LLaVA JSON/JSONL files."""
+    from victor.data.index import IndexedFile
+    from victor.data.llava import DataFormatError
+
+    for item in args.data:
+        for path in [p for p in item.split(",") if p]:
+            try:
+                start = time.perf_counter()
+                indexed = IndexedFile(path, rebuild=args.rebuild, progress=True)
+            except DataFormatError as err:
+                print(f"victor data index: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+            print(f"{path}: {len(indexed)} records ({indexed.format}), index {indexed.directory} "
+                  f"({time.perf_counter() - start:.1f} s)")
 
 
 def _eval_suite(args):
@@ -275,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
 
-    s = sub.add_parser("data", help="dataset tools: `victor data check DATA --image-root DIR`")
+    s = sub.add_parser("data", help="dataset tools: `victor data check DATA --image-root DIR`, `victor data index`, "
+                                    "`victor data shard`")
     data = s.add_subparsers(dest="data_command", required=True)
     s = data.add_parser("check", help="validate every record with training's own code path, in parallel")
     s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated")
@@ -287,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "templates, max_length and image processing")
     s.add_argument("--template", choices=["chat", "plain"], default="chat", help="with --processor")
     s.add_argument("--max-length", type=int, default=2048, help="with --processor")
+
+    s = data.add_parser("index", help="build the record index of LLaVA JSON/JSONL files (done on first use "
+                                       "otherwise): constant memory whatever their size")
+    s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated")
+    s.add_argument("--rebuild", action="store_true", help="rebuild even if the index is current")
 
     s = sub.add_parser("compare", help="benchmark summaries side by side")
     s.add_argument("runs", nargs="+")

@@ -2,6 +2,7 @@
 
     victor bench step      stage-1.5 training step vs a plain LLaVA step (same model, same batch)
     victor bench matching  exact batched assignment vs scipy's linear_sum_assignment per image
+    victor bench data      data memory per rank (record index vs in-memory records) and data rate
 """
 from __future__ import annotations
 
@@ -24,8 +25,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=2)
     sub.add_parser("matching", help="exact assignment against scipy per image", add_help=False)
+    sub.add_parser("data", help="data memory per rank and data rate", add_help=False)
     args, rest = p.parse_known_args(argv)
-    if args.what == "step":
+    if args.what == "data":
+        from victor.bench.data import main as data_main
+
+        data_main(rest)
+    elif args.what == "step":
         from victor.bench.step import bench_step
 
         bench_step(args)

@@ -10,8 +10,8 @@ from transformers import TrainerState, set_seed
 
 from victor.config import ConfigError, Recipe, parse_recipe
 from victor.data.collate import LlavaCollator
-from victor.data.llava import LlavaDataset
 from victor.data.monitor import SkipMonitor
+from victor.data.sources import make_dataset
 from victor.model.assemble import (
     build_model,
     load_model,
@@ -71,7 +71,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     if training_args.fsdp and (training_args.use_cpu or not torch.cuda.is_available()):
         raise ConfigError(fsdp_refusal(training_args, "a CPU run"))
-    dataset = LlavaDataset(data_args.data_path, data_args.image_root, max_image_pixels=data_args.max_image_pixels)
+    dataset = make_dataset(data_args, training_args.seed)
     init_distributed(training_args)
     # everything random that exists before the Trainer (projector, pool, head) is built after seeding
     set_seed(training_args.seed)

@@ -192,6 +192,21 @@ def _convert(args):
         print(f"  note: {note}")
 
 
+def _merge(args):
+    import torch
+
+    from victor.config import ConfigError
+    from victor.train.lora import merge
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    try:
+        report = merge(args.stage, args.output, dtype=dtype)
+    except (ConfigError, OSError) as err:
+        raise SystemExit(f"victor merge: {err}") from None
+    print(f"{report['source']} + LoRA adapter (r={report['r']}, alpha={report['alpha']}, {report['layers']} layers) "
+          f"-> {report['output']}: a stock checkpoint" + (f"; copied {', '.join(report['copied'])}" if report["copied"] else ""))
+
+
 def _serve(args):
     import torch
 
@@ -289,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-pickle", action="store_true",
                    help="read .bin weights (torch.load with weights_only=True)")
 
+    s = sub.add_parser("merge", help="fold a LoRA stage's adapter into its weights: a stock checkpoint")
+    s.add_argument("stage", help="a stage (or checkpoint-N) trained with lora_r > 0")
+    s.add_argument("--output", required=True)
+    s.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+
     s = sub.add_parser("serve", help="web chat on a checkpoint (Gradio: pip install 'victor[web]')")
     s.add_argument("--model", required=True)
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
@@ -335,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         return PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare, "data": _data, "convert": _convert,
-     "serve": _serve}[args.command](args)
+     "serve": _serve, "merge": _merge}[args.command](args)
 
 
 if __name__ == "__main__":

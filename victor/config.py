@@ -104,6 +104,13 @@ class StageArguments:
                  "averaged over processes (the authors' code, so the published recipes)")
     max_nonfinite_steps: int = _opt(3, "optimizer steps with NaN/inf gradients are skipped; this many in a row "
                                        "stop the run, naming the checkpoint to resume from")
+    lora_r: int = _opt(0, "LoRA rank for the LLM's linear layers (stages 1.5 and 2; 0: train the LLM in full); "
+                          "the projector, pool and head still train in full; `victor merge` folds the adapter in")
+    lora_alpha: float = _opt(16.0, "LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)")
+    lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
+    lora_target_modules: str = _opt("all-linear", "all-linear (every linear layer of the LLM but its output head) "
+                                                  "or comma-separated layer names, e.g. q_proj,v_proj")
+    lora_vision: bool = _opt(False, "also put adapters on the vision tower's linear layers (never by default)")
 
 
 @dataclass

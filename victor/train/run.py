@@ -20,6 +20,7 @@ from victor.model.assemble import (
 )
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import load_extra_state, resolve_resume
+from victor.train.lora import apply_lora
 from victor.train.engine import (
     init_distributed,
     load_dtype,
@@ -83,6 +84,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         head = trained.load_pool(load_extra_state(model_args.init_from))
         log.info("pool from %s%s", model_args.init_from, " (and its head)" if head else "; a fresh head")
     counts = apply_freezing(trained, stage)
+    counts = apply_lora(trained, stage, stage_args, counts)
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 
     collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length,

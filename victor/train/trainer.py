@@ -31,6 +31,7 @@ from victor.train.checkpoint import (
     split_state_dict,
 )
 from victor.train.guards import NonFiniteGuard
+from victor.train.lora import has_lora, llava_of, load_lora_llava, save_lora_llava
 from victor.train.stages import MODULES, modules_of
 
 
@@ -189,7 +190,7 @@ class VictorTrainer(Trainer):
         the live module is complete and is read directly.
         """
         core = self.accelerator.unwrap_model(self.model)
-        if not isinstance(core, VisualComprehension):
+        if not isinstance(core, VisualComprehension) and not has_lora(core):
             return super()._save(output_dir, state_dict)
         if not self.args.should_save:
             return
@@ -198,9 +199,13 @@ class VictorTrainer(Trainer):
         live = core.state_dict()
         state_dict = {**live, **state_dict} if state_dict else live  # buffers are never partitioned
         check_full(state_dict, full_shapes(core), output_dir)
-        llava_state, extra = split_state_dict(state_dict)
-        core.llava.save_pretrained(output_dir, state_dict=llava_state, safe_serialization=True)
-        save_extra_state(extra, output_dir)
+        llava_state, extra = split_state_dict(state_dict) if isinstance(core, VisualComprehension) else (state_dict, {})
+        if has_lora(core):  # the base checkpoint and adapter/ (victor.train.lora)
+            save_lora_llava(llava_of(core), llava_state, output_dir, safe_serialization=True)
+        else:
+            core.llava.save_pretrained(output_dir, state_dict=llava_state, safe_serialization=True)
+        if extra:
+            save_extra_state(extra, output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -208,10 +213,14 @@ class VictorTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume without DeepSpeed: weights straight into the live model (no second copy)."""
         core = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(core, VisualComprehension):
+        if not isinstance(core, VisualComprehension) and not has_lora(core):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_llava_weights(core.llava, resume_from_checkpoint)
-        load_state_into(core, load_extra_state(resume_from_checkpoint), resume_from_checkpoint)
+        if has_lora(core):
+            load_lora_llava(llava_of(core), resume_from_checkpoint)
+        else:
+            load_llava_weights(core.llava, resume_from_checkpoint)
+        if isinstance(core, VisualComprehension):
+            load_state_into(core, load_extra_state(resume_from_checkpoint), resume_from_checkpoint)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, written under a staging name and renamed into place when complete,

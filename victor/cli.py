@@ -116,6 +116,8 @@ def _data(args):
     """`victor data check`: exit 1 above --max-skip-fraction, 2 if a file or directory is unusable."""
     if args.data_command == "index":
         return _data_index(args)
+    if args.data_command == "shard":
+        return _data_shard(args)
     from victor.data import check
     from victor.data.llava import DataFormatError
 
@@ -149,6 +151,31 @@ def _data_index(args):
                 raise SystemExit(2) from None
             print(f"{path}: {len(indexed)} records ({indexed.format}), index {indexed.directory} "
                   f"({time.perf_counter() - start:.1f} s)")
+
+
+def _data_shard(args):
+    """`victor data shard DATA --image-root DIR --output OUT`: webdataset shards + their index."""
+    from victor.data.llava import DataFormatError
+    from victor.data.shards import index_shards, write_shards
+
+    try:
+        if args.index:
+            meta = index_shards(args.index)
+            print(f"indexed {len(meta['shards'])} shards, {meta['samples']} samples: {args.index}/shards.json")
+            return
+        if not (args.data and args.output):
+            raise SystemExit("victor data shard: give DATA and --output (or --index DIR)")
+        data = [p for item in args.data for p in item.split(",") if p]
+        report = write_shards(data, args.image_root, args.output, args.samples_per_shard,
+                              args.max_shard_mb * 1e6)
+    except DataFormatError as err:
+        print(f"victor data shard: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{report['written']} of {report['records']} records in {report['shards']} shards: {report['output']}")
+    for reason, n in report["skipped"].items():
+        first = report["examples"][reason][0]
+        print(f"  left out {n} [{reason}], e.g. {first['where']} (id {first['id']!r}) {first['field']}: "
+              f"{first['detail']}")
 
 
 def _eval_suite(args):
@@ -333,6 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
                                        "otherwise): constant memory whatever their size")
     s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated")
     s.add_argument("--rebuild", action="store_true", help="rebuild even if the index is current")
+
+    s = data.add_parser("shard", help="write webdataset tar shards (record + image bytes per key) and their index, "
+                                       "for streaming: data_path: OUT")
+    s.add_argument("data", nargs="*", help="LLaVA JSON/JSONL file(s)")
+    s.add_argument("--image-root", help="folder the records' image paths are relative to")
+    s.add_argument("--output", help="an empty folder for the shards")
+    s.add_argument("--samples-per-shard", type=int, default=1000)
+    s.add_argument("--max-shard-mb", type=float, default=1000.0)
+    s.add_argument("--index", help="instead: index existing webdataset tars of LLaVA records in this folder")
 
     s = sub.add_parser("compare", help="benchmark summaries side by side")
     s.add_argument("runs", nargs="+")

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from victor.config import ConfigError
 from victor.data.images import MAX_IMAGE_PIXELS
-from victor.data.llava import DataFormatError, LlavaDataset, Sample
+from victor.data.llava import LlavaDataset, Sample
 from victor.data.skips import SkipLog, Skipped
 
 KINDS = ("llava", "hf", "shards", "parquet-stream")
@@ -231,10 +231,26 @@ def quotas(weights: list[float], total: int) -> np.ndarray:
     return counts
 
 
-def mixture_plan(sizes: list[int], weights: list[float] | None, total: int | None, seed: int):
+def mixture_plan(sizes: list[int], weights: list[float] | None, total: int | None, seed: int,
+                 in_order: bool = False):
     """(source of each position, row within its source): concatenation without weights; else
-    `quotas` rows per source, a seeded random order cycled when a source is oversampled."""
+    `quotas` rows per source, a seeded random order cycled when a source is oversampled.
+    `in_order` (streams): the sources interleaved at random, each source's rows in stored order
+    (whole passes, then a sorted random subset), so that each source is read sequentially."""
     rng = np.random.default_rng(seed)
+    if in_order and weights is not None:
+        total = sum(sizes) if total is None else total
+        counts = quotas(weights, total)
+        for k, (n, count) in enumerate(zip(sizes, counts)):
+            if count and not n:
+                raise ConfigError(f"mixture source {k} is empty but has weight {weights[k]}")
+        source = rng.permutation(np.repeat(np.arange(len(sizes), dtype=np.int32), counts))
+        row = np.zeros(len(source), dtype=np.int64)
+        for k, (n, count) in enumerate(zip(sizes, counts)):
+            if count:
+                passes = [np.arange(n)] * (count // n) + [np.sort(rng.permutation(n)[: count % n])]
+                row[source == k] = np.concatenate(passes)
+        return source, row
     if weights is None:
         source = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
         row = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes]) if sizes else np.zeros(0, np.int64)
@@ -261,9 +277,9 @@ class MixtureDataset(Dataset):
     their index (stage 1.5's mask keys). Skips of every source count in `skipped`."""
 
     def __init__(self, sources: list, names: list[str], weights: list[float] | None = None,
-                 samples: int | None = None, seed: int = 0):
+                 samples: int | None = None, seed: int = 0, in_order: bool = False):
         self.sources, self.names = sources, names
-        self.source, self.row = mixture_plan([len(s) for s in sources], weights, samples, seed)
+        self.source, self.row = mixture_plan([len(s) for s in sources], weights, samples, seed, in_order)
         self.skips = SkipLog(sources[0].skips.logger if sources and hasattr(sources[0], "skips") else None)
 
     @property
@@ -340,26 +356,31 @@ def data_specs(data_path: str, image_root: str | None) -> MixtureSpec:
     return MixtureSpec([SourceSpec(p, k, image_root, name=Path(p).name) for p, k in zip(paths, kinds)])
 
 
-def build_dataset(spec: MixtureSpec, max_image_pixels: int | None = MAX_IMAGE_PIXELS, seed: int | None = None):
+def build_dataset(spec: MixtureSpec, max_image_pixels: int | None = MAX_IMAGE_PIXELS, seed: int | None = None,
+                  group_by_modality: bool = False):
+    """The dataset of a mixture spec; a stream if any source streams (then grouped by modality within
+    its shuffle blocks when asked: the map-style path groups in the Trainer's sampler)."""
     seed = spec.seed if seed is None else seed
     sources = [open_source(s, max_image_pixels, seed + k) for k, s in enumerate(spec.sources)]
     weights = [s.weight for s in spec.sources] if spec.weighted else None
+    names = [s.name for s in spec.sources]
     if any(getattr(s, "streaming", False) for s in sources):
-        from victor.data.stream import StreamMixture
+        from victor.data.stream import stream_mixture
 
-        return StreamMixture(sources, [s.name for s in spec.sources], weights, spec.samples, seed)
+        single = len(sources) == 1 and weights is None and spec.samples is None
+        dataset = sources[0] if single else stream_mixture(sources, names, weights, spec.samples, seed)
+        dataset.group_by_modality = group_by_modality
+        return dataset
     if len(sources) == 1 and weights is None and spec.samples is None:
         return sources[0]
-    return MixtureDataset(sources, [s.name for s in spec.sources], weights, spec.samples, seed)
+    return MixtureDataset(sources, names, weights, spec.samples, seed)
 
 
 def make_dataset(data_args, seed: int = 0):
     """The training data of a recipe's DataArguments (see the module docstring)."""
     spec = data_specs(data_args.data_path, data_args.image_root)
-    try:
-        return build_dataset(spec, data_args.max_image_pixels, spec.seed + seed)
-    except DataFormatError:
-        raise
+    return build_dataset(spec, data_args.max_image_pixels, spec.seed + seed,
+                         group_by_modality=getattr(data_args, "group_by_modality_length", False))
 
 
 def probe_texts(dataset, seed: int, probe: int, n_visual: int = 0) -> list[Sample]:

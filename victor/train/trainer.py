@@ -19,6 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from victor.data.monitor import SkipMonitor
 from victor.data.sampler import ModalityLengthGroupedSampler
+from victor.data.stream import is_stream, resumed_stream, stream_dataloader
 from victor.model.comprehension import VisualComprehension
 from victor.train.checkpoint import (
     STAGING,
@@ -55,6 +56,17 @@ class VictorTrainer(Trainer):
         self._extra_logs: dict[str, list[float]] = defaultdict(list)
 
     # -- data order -----------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        """A stream splits itself across ranks and workers (victor.data.stream); the rest is the Trainer's."""
+        if is_stream(self.train_dataset):
+            return stream_dataloader(self)
+        return super().get_train_dataloader()
+
+    def get_resumed_dataloader(self, dataloader, num_batches):
+        if is_stream(getattr(dataloader, "dataset", None)):
+            return resumed_stream(dataloader, num_batches)
+        return super().get_resumed_dataloader(dataloader, num_batches)
+
     def _get_train_sampler(self, train_dataset=None):
         """LLaVA's modality- and length-grouped order when asked for (the Trainer's own samplers
         cannot keep a global batch to one modality); otherwise the Trainer's choice."""
@@ -213,12 +225,14 @@ class VictorTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume without DeepSpeed: weights straight into the live model (no second copy)."""
         core = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(core, VisualComprehension) and not has_lora(core):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         if has_lora(core):
             load_lora_llava(llava_of(core), resume_from_checkpoint)
+        elif hasattr(llava_of(core), "model") and hasattr(llava_of(core).model, "multi_modal_projector"):
+            # a plain LLaVA (stages 1 and 2) too: the Trainer's own loader maps none of the saved names
+            # of a model loaded with `_weight_conversions = None` and restores nothing
+            load_llava_weights(llava_of(core), resume_from_checkpoint)
         else:
-            load_llava_weights(core.llava, resume_from_checkpoint)
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         if isinstance(core, VisualComprehension):
             load_state_into(core, load_extra_state(resume_from_checkpoint), resume_from_checkpoint)
 

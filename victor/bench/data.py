@@ -1,7 +1,12 @@
-"""`victor bench data memory`: what the data costs in memory per rank, indexed against in-memory.
+"""`victor bench data memory | rate`: what the data costs in memory per rank, and how fast it comes.
+
+`memory`: the record index against in-memory records (below). `rate`: samples per second one
+DataLoader worker delivers from LLaVA JSON + folder, shards and `datasets` parquet, at 336 px
+(CLIP) and 384 px (SigLIP) processing, beside what a training step consumes at the toy and the
+realistic shape, so a user sees whether training is input-bound.
 
 For each record count a synthetic LLaVA caption file is written (a JSON list; ~110-word
-captions, like ShareGPT4V / LLaVA-ReCap: ~0.72 GB per million records), and each loader
+captions, like ShareGPT4V / LLaVA-ReCap: ~0.85 GB per million records), and each loader
 is measured in a fresh process:
 
 * `index`  : `LlavaDataset` over the record index (`victor.data.index`), built beforehand;
@@ -174,22 +179,23 @@ def run_memory(records: list[int], memory_max: int, workers: int, batch_size: in
 
 
 def format_memory(rows: list[dict], workers: int) -> str:
-    def gb(x):
-        return f"{x / GB:.2f}"
+    def mb(x):
+        return f"{x / (1 << 20):.1f}"
 
-    head = (f"{'loader':<8}{'records':>9}{'file GB':>9}{'index s':>9}{'index peak':>11}{'load s':>8}"
-            f"{'main +RSS':>10}{'peak +RSS':>10}{'worker priv':>12}{'data/rank':>10}{'1st batch s':>12}{'epoch s':>9}")
-    lines = [f"data memory per rank, {workers} DataLoader workers (GB; worker priv = mean private memory a worker "
-             "adds after an epoch, above a worker that holds no data)", head, "-" * len(head)]
+    head = (f"{'loader':<8}{'records':>9}{'file GB':>8}{'index s':>9}{'index MB':>9}{'load s':>7}"
+            f"{'main +MB':>9}{'peak +MB':>9}{'worker MB':>10}{'data/rank MB':>13}{'1st batch s':>12}{'epoch s':>8}")
+    lines = [f"data memory per rank, {workers} DataLoader workers (MB; index MB = the indexer's peak above its start; "
+             "worker MB = mean private memory a worker adds over an epoch, above a worker holding no data)",
+             head, "-" * len(head)]
     for r in rows:
         extra = r["worker_extra"]
         index_s = f"{r['index_s']:.1f}" if "index_s" in r else "-"
-        index_peak = gb(r["index_peak"]) if "index_peak" in r else "-"
+        index_peak = mb(r["index_peak"]) if "index_peak" in r else "-"
         lines.append(
-            f"{r['loader']:<8}{r['records']:>9}{gb(r['file_bytes']):>9}{index_s:>9}{index_peak:>11}"
-            f"{r['load_s']:>8.1f}{gb(r['main_rss']):>10}"
-            f"{gb(r['main_peak']):>10}{gb(sum(extra) / max(1, len(extra))):>12}{gb(r['per_rank']):>10}"
-            f"{r['first_batch_s']:>12.2f}{r['epoch_s']:>9.1f}")
+            f"{r['loader']:<8}{r['records']:>9}{r['file_bytes'] / GB:>8.2f}{index_s:>9}{index_peak:>9}"
+            f"{r['load_s']:>7.1f}{mb(r['main_rss']):>9}{mb(r['main_peak']):>9}"
+            f"{mb(sum(extra) / max(1, len(extra))):>10}{mb(r['per_rank']):>13}"
+            f"{r['first_batch_s']:>12.2f}{r['epoch_s']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -204,6 +210,9 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
             result = measure(kind, None if data == "-" else data, workers, batch_size, records)
         print(json.dumps(result))
         return None
+    if argv[:1] == ["_format"]:  # a saved --json memory run as its table
+        print(format_memory(json.loads(Path(argv[1]).read_text()), int(argv[2]) if len(argv) > 2 else 4))
+        return None
     p = argparse.ArgumentParser(prog="victor bench data", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -215,7 +224,23 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--dir", help="where the synthetic files go (kept for reruns); default: a temporary folder")
     s.add_argument("--json", help="also write the rows here")
+    s = sub.add_parser("rate", help="samples/s per DataLoader worker per source kind at 336 and 384 px, "
+                                     "against what a training step consumes")
+    s.add_argument("--samples", type=int, default=64)
+    s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--dir", help="where the synthetic data goes; default: a temporary folder")
+    s.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
+    if args.what == "rate":
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(args.dir or tmp)
+            root.mkdir(parents=True, exist_ok=True)
+            rates = rate_rows(root, args.samples, args.repeats)
+            steps = step_rows(args.repeats)
+        print(format_rate(rates, steps))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rates": rates, "steps": steps}, indent=1))
+        return rates
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.dir or tmp)
         root.mkdir(parents=True, exist_ok=True)
@@ -228,3 +253,155 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- data rate (`victor bench data rate`) -------------------------------------------------------
+def write_rate_sources(root: Path, n: int, seed: int = 0) -> dict[str, str]:
+    """n caption records with 640x480 JPEG photos-like images, as JSON + folder, shards, and parquet."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    words = ["red", "green", "blue", "circle", "square", "top", "left", "the", "a", "of", "is", "image"]
+    records = []
+    for i in range(n):
+        base = np.linspace(0, 255, 640)[None, :, None] * rng.random(3)[None, None, :]
+        pixels = np.clip(base + rng.normal(0, 40, (480, 640, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / "img" / f"{i}.jpg", quality=90)
+        records.append({"id": str(i), "image": f"{i}.jpg", "conversations": [
+            {"from": "human", "value": "<image>\ndescribe the image in detail ."},
+            {"from": "gpt", "value": " ".join(rng.choice(words, WORDS_PER_CAPTION)) + " ."}]})
+    (root / "data.json").write_text(json.dumps(records))
+    from victor.data.shards import write_shards
+
+    write_shards(str(root / "data.json"), str(root / "img"), root / "shards", samples_per_shard=256, progress=False)
+    sources = {"json + folder": str(root / "data.json"), "shards": str(root / "shards")}
+    try:
+        import datasets
+    except ImportError:
+        return sources
+    rows = {"id": [r["id"] for r in records], "conversations": [r["conversations"] for r in records],
+            "image": [{"bytes": (root / "img" / r["image"]).read_bytes(), "path": r["image"]} for r in records]}
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "conversations": [{"from": datasets.Value("string"), "value": datasets.Value("string")}]})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(root / "data.parquet"))
+    sources["datasets (parquet)"] = str(root / "data.parquet")
+    return sources
+
+
+def _median_time(fn, repeats: int) -> float:
+    import statistics
+
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def rate_rows(root: Path, n: int, repeats: int, batch: int = 4) -> list[dict]:
+    """Per source kind and image size: seconds per sample to read (decode included) and to collate
+    (tokenise, image processing) in one process: one DataLoader worker's rate."""
+    import torch
+
+    from victor.data.collate import LlavaCollator
+    from victor.config import DataArguments
+    from victor.data.sources import make_dataset
+    from victor.data.templates import TEMPLATE_TEXT
+    from victor.model.assemble import build_model
+    from victor.tiny.backbones import save_backbones
+    from victor.tiny.world import build_tokenizer
+
+    torch.set_num_threads(1)
+    sources = write_rate_sources(root, n)
+    rows = []
+    for family, px in (("clip", 336), ("siglip", 384)):
+        vision, llm = save_backbones(root / f"{family}-{px}", build_tokenizer([TEMPLATE_TEXT]), vision=family,
+                                     image_size=px, patch_size=14, vision_hidden=32, vision_layers=1, llm_hidden=64,
+                                     llm_layers=1)
+        model, processor = build_model(vision, llm, vision_feature_select_strategy="full" if family == "siglip"
+                                       else "default", vision_feature_layer=-1)
+        collator = LlavaCollator(processor, model.config.image_seq_length, "chat", 4096)
+        collator.skips.logger = None
+        for kind, path in sources.items():
+            dataset = make_dataset(DataArguments(data_path=path, image_root=str(root / "img")))
+
+            def read():
+                items = list(dataset) if getattr(dataset, "streaming", False) else [dataset[i] for i in range(n)]
+                assert sum(1 for s in items if getattr(s, "images", None)) == n, kind
+                return items
+
+            items = read()
+            read_s = _median_time(read, repeats) / n
+            collate_s = _median_time(lambda: [collator(items[i:i + batch]) for i in range(0, n, batch)], repeats) / n
+            rows.append({"source": kind, "px": px, "processor": family, "read_ms": 1000 * read_s,
+                         "collate_ms": 1000 * collate_s, "per_worker": 1 / (read_s + collate_s)})
+    return rows
+
+
+def step_rows(repeats: int) -> list[dict]:
+    """Samples per second a plain training step (forward, backward, AdamW) consumes, at the toy shape of
+    `victor bench step` and at the realistic shape of the performance issue (batch 4, 336 px / patch 14
+    = 576 visual tokens, ~700-token sequences, LLM hidden 512 x 8 layers)."""
+    import tempfile
+
+    import torch
+    from PIL import Image
+
+    from victor.data.collate import LlavaCollator
+    from victor.data.llava import Sample
+    from victor.data.templates import TEMPLATE_TEXT
+    from victor.model.assemble import build_model
+    from victor.tiny.backbones import save_backbones
+    from victor.tiny.world import build_tokenizer
+
+    torch.set_num_threads(2)
+    shapes = [("toy (victor bench step)", dict(image_size=96, patch_size=8, vision_hidden=64, llm_hidden=256,
+                                              llm_layers=4), 8, 20),
+              ("realistic (issue 26)", dict(image_size=336, patch_size=14, vision_hidden=64, llm_hidden=512,
+                                            llm_layers=8), 4, 110)]
+    words = [TEMPLATE_TEXT, "describe the image in detail . a red circle is at the top left of the picture ."]
+    rows = []
+    for name, shape, batch, repeat_text in shapes:
+        with tempfile.TemporaryDirectory() as tmp:
+            vision, llm = save_backbones(tmp, build_tokenizer(words), **shape)
+            model, processor = build_model(vision, llm)
+        collator = LlavaCollator(processor, model.config.image_seq_length, "chat", 4096)
+        samples = [Sample(str(i), [{"role": "user", "content": "<image>\ndescribe the image in detail ."},
+                                   {"role": "assistant", "content": "a red circle is at the top left . " * (repeat_text // 9)}],
+                          [Image.effect_noise((shape["image_size"],) * 2, 40 + i).convert("RGB")]) for i in range(batch)]
+        inputs = collator(samples)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            model(**inputs).loss.backward()
+            optimizer.step()
+
+        seconds = _median_time(step, repeats)
+        rows.append({"shape": name, "batch": batch, "tokens": int(inputs["input_ids"].shape[1]),
+                     "step_s": seconds, "consumes": batch / seconds})
+    return rows
+
+
+def format_rate(rates: list[dict], steps: list[dict]) -> str:
+    lines = ["data rate of one DataLoader worker (one process, 1 thread; medians): read = the dataset's item "
+             "(record + image decode), collate = tokenise + image processing",
+             f"{'source':<20}{'image':>14}{'read ms':>9}{'collate ms':>11}{'samples/s':>10}", "-" * 64]
+    for r in rates:
+        lines.append(f"{r['source']:<20}{r['processor'] + ' ' + str(r['px']) + 'px':>14}{r['read_ms']:>9.2f}"
+                     f"{r['collate_ms']:>11.2f}{r['per_worker']:>10.1f}")
+    lines += ["", "what a training step consumes (plain LLaVA step, forward + backward + AdamW, 2 threads, this CPU), "
+                  "and the workers that keep up with it (at the slowest source above):",
+              f"{'shape':<26}{'batch':>6}{'tokens':>7}{'step s':>8}{'samples/s':>10}{'workers needed':>16}",
+              "-" * 73]
+    slowest = min(r["per_worker"] for r in rates) if rates else float("nan")
+    for s in steps:
+        lines.append(f"{s['shape']:<26}{s['batch']:>6}{s['tokens']:>7}{s['step_s']:>8.3f}{s['consumes']:>10.1f}"
+                     f"{s['consumes'] / slowest:>16.2f}")
+    lines.append("a GPU step is ~100x faster than these CPU steps: multiply 'workers needed' accordingly to see "
+                 "whether an accelerator run is input-bound")
+    return "\n".join(lines)

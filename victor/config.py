@@ -76,7 +76,9 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = _opt("", "LLaVA conversation JSON/JSONL file(s), comma-separated")
+    data_path: str = _opt("", "LLaVA conversation JSON/JSONL file(s), comma-separated; or a Hugging Face dataset "
+                              "(parquet/arrow/save_to_disk folder), shards from `victor data shard`, or a mixture "
+                              "YAML (victor.data.sources)")
     image_root: str | None = _opt(None, "folder the records' image paths are relative to")
     max_length: int = _opt(2048, "tokens per sample; longer samples are cut after their last image")
     template: Template | None = _opt(None, "plain | chat; defaults to the stage's")

@@ -402,6 +402,6 @@ def format_rate(rates: list[dict], steps: list[dict]) -> str:
     for s in steps:
         lines.append(f"{s['shape']:<26}{s['batch']:>6}{s['tokens']:>7}{s['step_s']:>8.3f}{s['consumes']:>10.1f}"
                      f"{s['consumes'] / slowest:>16.2f}")
-    lines.append("a GPU step is ~100x faster than these CPU steps: multiply 'workers needed' accordingly to see "
-                 "whether an accelerator run is input-bound")
+    lines.append("these steps ran on this CPU; on an accelerator, workers needed per rank = per-device batch / "
+                 "step seconds there / the samples/s above (a run with fewer workers is input-bound)")
     return "\n".join(lines)

@@ -142,3 +142,12 @@ def test_victor_data_index_builds_and_reports(tmp_path, capsys):
         main(["data", "index", str(tmp_path / "bad.json")])
     assert exit_.value.code == 2 and "bad.json" in capsys.readouterr().err
     os.remove(path)
+
+
+def test_victor_bench_data_memory_runs_and_prints_its_table(tmp_path, capsys):
+    """The bench behind the README's memory table, at a toy size (fresh processes, 1 worker)."""
+    main(["bench", "data", "memory", "--records", "300", "--workers", "1", "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "data memory per rank, 1 DataLoader workers" in out
+    assert [line.split()[0] for line in out.splitlines()[3:]] == ["index", "memory"]
+    assert (tmp_path / "captions-300.json.vindex" / "meta.json").is_file()

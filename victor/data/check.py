@@ -1,7 +1,8 @@
 """`victor data check`: validate a whole dataset before a long run, with training's own code.
 
-Every record goes through `LlavaDataset[i]` (parsing, every field's type, turn order, image
-markers, image loading and conversion) and, when a processor directory is given (a previous
+Every record of every source (LLaVA JSON/JSONL, Hugging Face datasets, shards, parquet
+streams, each source of a mixture once) goes through the dataset's `[i]` (parsing, every
+field's type, turn order, image markers, image loading and conversion) and, when a processor directory is given (a previous
 stage's output or any saved LlavaProcessor), through `LlavaCollator.try_encode` (template,
 `max_length`, answers) and the collator's per-sample image processing: what the check
 accepts, training accepts. Index ranges are checked in parallel (`workers` spawned

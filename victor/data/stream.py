@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset
 
 from victor.data import split
@@ -240,9 +238,3 @@ def resumed_stream(dataloader, num_batches: int):
     dataloader.dataset.resume(num_batches)
     return dataloader
 
-
-def check_stream_options(dataset, training_args) -> None:
-    if training_args.dataloader_persistent_workers:
-        log.info("streaming data: dataloader_persistent_workers is ignored (workers restart each epoch)")
-    if os.environ.get("VICTOR_STREAM_DEBUG"):
-        log.info("stream: %d samples, %d slots per rank", dataset.samples, len(dataset))

@@ -90,6 +90,9 @@ def apply_lora(model: torch.nn.Module, stage, stage_args, counts: dict[str, int]
                         bias="none")
     inject_adapter_in_model(config, llava)
     llava._victor_lora = config
+    # with the embeddings frozen, a text-only batch would reach checkpointed layers without a
+    # tensor that needs grad (no gradient for their adapters under reentrant checkpointing)
+    llava.enable_input_require_grads()
     owner = modules_of(model)
     counts = dict.fromkeys(MODULES, 0)
     for name, param in model.named_parameters():
@@ -202,10 +205,10 @@ def merge(source: str, output: str, dtype: torch.dtype | None = None) -> dict:
     processor.save_pretrained(output)
     copied = []
     for name in os.listdir(source):  # stage-1.5 pool and head, the stage record, remote code
-        if name.endswith((".py", ".safetensors")) and not name.startswith("model") or name == "victor_stage.json":
-            if not Path(output, name).exists():
-                shutil.copy2(os.path.join(source, name), os.path.join(output, name))
-                copied.append(name)
+        wanted = (name.endswith((".py", ".safetensors")) and not name.startswith("model")) or name == "victor_stage.json"
+        if wanted and not Path(output, name).exists():
+            shutil.copy2(os.path.join(source, name), os.path.join(output, name))
+            copied.append(name)
     return {"source": source, "output": output, "r": config.get("r"), "alpha": config.get("lora_alpha"),
             "layers": len(re.findall(r"\|", config.get("target_modules") or "")) + 1
             if isinstance(config.get("target_modules"), str) else len(config.get("target_modules") or []),

@@ -151,3 +151,20 @@ def test_victor_bench_data_memory_runs_and_prints_its_table(tmp_path, capsys):
     assert "data memory per rank, 1 DataLoader workers" in out
     assert [line.split()[0] for line in out.splitlines()[3:]] == ["index", "memory"]
     assert (tmp_path / "captions-300.json.vindex" / "meta.json").is_file()
+
+
+def _open_and_read(path):
+    dataset = LlavaDataset(path)
+    return len(dataset), dataset.read_text(len(dataset) - 1).id
+
+
+def test_ranks_opening_a_new_file_together_build_one_index(tmp_path):
+    """What torchrun's ranks do on first use: one builds under the lock, the others wait and reuse."""
+    import multiprocessing
+
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps([record(i) for i in range(20000)]))
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.map(_open_and_read, [str(path)] * 2)
+    assert results == [(20000, "r19999")] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.json", "d.json.vindex", "d.json.vindex.lock"]

@@ -346,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "`victor data shard`")
     data = s.add_subparsers(dest="data_command", required=True)
     s = data.add_parser("check", help="validate every record with training's own code path, in parallel")
-    s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated")
+    s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated, a Hugging Face "
+                                           "dataset folder or parquet, shards, or a mixture YAML (every source in full)")
     s.add_argument("--image-root", help="folder the records' image paths are relative to")
     s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     s.add_argument("--report", help="write the JSON report here")

@@ -6,6 +6,7 @@ import re
 import logging
 import os
 import sys
+import time
 
 
 def _synth(args):
@@ -114,6 +115,10 @@ def _eval(args):
 
 def _data(args):
     """`victor data check`: exit 1 above --max-skip-fraction, 2 if a file or directory is unusable."""
+    if args.data_command == "index":
+        return _data_index(args)
+    if args.data_command == "shard":
+        return _data_shard(args)
     from victor.data import check
     from victor.data.llava import DataFormatError
 
@@ -130,6 +135,48 @@ def _data(args):
         print(f"report written to {args.report}")
     if not report["passed"]:
         raise SystemExit(1)
+
+
+def _data_index(args):
+    """`victor data index FILE...`: build (or check) the record index of LLaVA JSON/JSONL files."""
+    from victor.data.index import IndexedFile
+    from victor.data.llava import DataFormatError
+
+    for item in args.data:
+        for path in [p for p in item.split(",") if p]:
+            try:
+                start = time.perf_counter()
+                indexed = IndexedFile(path, rebuild=args.rebuild, progress=True)
+            except DataFormatError as err:
+                print(f"victor data index: {err}", file=sys.stderr)
+                raise SystemExit(2) from None
+            print(f"{path}: {len(indexed)} records ({indexed.format}), index {indexed.directory} "
+                  f"({time.perf_counter() - start:.1f} s)")
+
+
+def _data_shard(args):
+    """`victor data shard DATA --image-root DIR --output OUT`: webdataset shards + their index."""
+    from victor.data.llava import DataFormatError
+    from victor.data.shards import index_shards, write_shards
+
+    try:
+        if args.index:
+            meta = index_shards(args.index)
+            print(f"indexed {len(meta['shards'])} shards, {meta['samples']} samples: {args.index}/shards.json")
+            return
+        if not (args.data and args.output):
+            raise SystemExit("victor data shard: give DATA and --output (or --index DIR)")
+        data = [p for item in args.data for p in item.split(",") if p]
+        report = write_shards(data, args.image_root, args.output, args.samples_per_shard,
+                              args.max_shard_mb * 1e6)
+    except DataFormatError as err:
+        print(f"victor data shard: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(f"{report['written']} of {report['records']} records in {report['shards']} shards: {report['output']}")
+    for reason, n in report["skipped"].items():
+        first = report["examples"][reason][0]
+        print(f"  left out {n} [{reason}], e.g. {first['where']} (id {first['id']!r}) {first['field']}: "
+              f"{first['detail']}")
 
 
 def _eval_suite(args):
@@ -172,6 +219,21 @@ def _convert(args):
         print(f"  pool {report['pool']} -> {STATE_FILE} (continue stage 1.5 with pool_init: checkpoint)")
     for note in report["notes"]:
         print(f"  note: {note}")
+
+
+def _merge(args):
+    import torch
+
+    from victor.config import ConfigError
+    from victor.model.adapter import merge
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    try:
+        report = merge(args.stage, args.output, dtype=dtype)
+    except (ConfigError, OSError) as err:
+        raise SystemExit(f"victor merge: {err}") from None
+    print(f"{report['source']} + LoRA adapter (r={report['r']}, alpha={report['alpha']}, {report['layers']} layers) "
+          f"-> {report['output']}: a stock checkpoint" + (f"; copied {', '.join(report['copied'])}" if report["copied"] else ""))
 
 
 def _serve(args):
@@ -287,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-pickle", action="store_true",
                    help="read .bin weights (torch.load with weights_only=True)")
 
+    s = sub.add_parser("merge", help="fold a LoRA stage's adapter into its weights: a stock checkpoint")
+    s.add_argument("stage", help="a stage (or checkpoint-N) trained with lora_r > 0")
+    s.add_argument("--output", required=True)
+    s.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"])
+
     s = sub.add_parser("serve", help="web chat on a checkpoint (Gradio: pip install 'victor[web]')")
     s.add_argument("--model", required=True)
     s.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
@@ -297,10 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-image-pixels", type=int, default=40_000_000,
                    help="uploads with more pixels are refused before decoding (0: no limit; default 40000000)")
 
-    s = sub.add_parser("data", help="dataset tools: `victor data check DATA --image-root DIR`")
+    s = sub.add_parser("data", help="dataset tools: `victor data check DATA --image-root DIR`, `victor data index`, "
+                                    "`victor data shard`")
     data = s.add_subparsers(dest="data_command", required=True)
     s = data.add_parser("check", help="validate every record with training's own code path, in parallel")
-    s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated")
+    s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated, a Hugging Face "
+                                           "dataset folder or parquet, shards, or a mixture YAML (every source in full)")
     s.add_argument("--image-root", help="folder the records' image paths are relative to")
     s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     s.add_argument("--report", help="write the JSON report here")
@@ -309,6 +378,20 @@ def build_parser() -> argparse.ArgumentParser:
                                        "templates, max_length and image processing")
     s.add_argument("--template", choices=["chat", "plain"], default="chat", help="with --processor")
     s.add_argument("--max-length", type=int, default=2048, help="with --processor")
+
+    s = data.add_parser("index", help="build the record index of LLaVA JSON/JSONL files (done on first use "
+                                       "otherwise): constant memory whatever their size")
+    s.add_argument("data", nargs="+", help="LLaVA JSON/JSONL file(s), space- or comma-separated")
+    s.add_argument("--rebuild", action="store_true", help="rebuild even if the index is current")
+
+    s = data.add_parser("shard", help="write webdataset tar shards (record + image bytes per key) and their index, "
+                                       "for streaming: data_path: OUT")
+    s.add_argument("data", nargs="*", help="LLaVA JSON/JSONL file(s)")
+    s.add_argument("--image-root", help="folder the records' image paths are relative to")
+    s.add_argument("--output", help="an empty folder for the shards")
+    s.add_argument("--samples-per-shard", type=int, default=1000)
+    s.add_argument("--max-shard-mb", type=float, default=1000.0)
+    s.add_argument("--index", help="instead: index existing webdataset tars of LLaVA records in this folder")
 
     s = sub.add_parser("compare", help="benchmark summaries side by side")
     s.add_argument("runs", nargs="+")
@@ -331,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         return PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     {"synth": _synth, "chat": _chat, "eval": _eval, "compare": _compare, "data": _data, "convert": _convert,
-     "serve": _serve}[args.command](args)
+     "serve": _serve, "merge": _merge}[args.command](args)
 
 
 if __name__ == "__main__":

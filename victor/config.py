@@ -80,7 +80,9 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = _opt("", "LLaVA conversation JSON/JSONL file(s), comma-separated")
+    data_path: str = _opt("", "LLaVA conversation JSON/JSONL file(s), comma-separated; or a Hugging Face dataset "
+                              "(parquet/arrow/save_to_disk folder), shards from `victor data shard`, or a mixture "
+                              "YAML (victor.data.sources)")
     image_root: str | None = _opt(None, "folder the records' image paths are relative to")
     max_length: int = _opt(2048, "tokens per sample; longer samples are cut after their last image")
     template: Template | None = _opt(None, "plain | chat; defaults to the stage's")
@@ -108,6 +110,13 @@ class StageArguments:
                  "averaged over processes (the authors' code, so the published recipes)")
     max_nonfinite_steps: int = _opt(3, "optimizer steps with NaN/inf gradients are skipped; this many in a row "
                                        "stop the run, naming the checkpoint to resume from")
+    lora_r: int = _opt(0, "LoRA rank for the LLM's linear layers (stages 1.5 and 2; 0: train the LLM in full); "
+                          "the projector, pool and head still train in full; `victor merge` folds the adapter in")
+    lora_alpha: float = _opt(16.0, "LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)")
+    lora_dropout: float = _opt(0.05, "dropout on the LoRA input")
+    lora_target_modules: str = _opt("all-linear", "all-linear (every linear layer of the LLM but its output head) "
+                                                  "or comma-separated layer names, e.g. q_proj,v_proj")
+    lora_vision: bool = _opt(False, "also put adapters on the vision tower's linear layers (never by default)")
 
 
 @dataclass

@@ -5,6 +5,7 @@
     victor bench realistic the step at the realistic shape (fp32 and bf16, ratios with spread, % of GEMM peak)
     victor bench memory    the LM loss's peak memory, plain vs chunked, at 32 k and 152 k vocabularies
     victor bench all       all of the above; writes docs/performance.md (--quick: a subset, ~5 min)
+    victor bench data      data memory per rank (record index vs in-memory records) and data rate
 """
 from __future__ import annotations
 
@@ -33,8 +34,13 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--threads", type=int, default=2)
         q.add_argument("--rounds", type=int, default=None)
         q.add_argument("--output", default="docs/performance.md")
+    sub.add_parser("data", help="data memory per rank and data rate", add_help=False)
     args, rest = p.parse_known_args(argv)
-    if args.what == "step":
+    if args.what == "data":
+        from victor.bench.data import main as data_main
+
+        data_main(rest)
+    elif args.what == "step":
         from victor.bench.step import bench_step
 
         bench_step(args)

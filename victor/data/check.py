@@ -1,7 +1,8 @@
 """`victor data check`: validate a whole dataset before a long run, with training's own code.
 
-Every record goes through `LlavaDataset[i]` (parsing, every field's type, turn order, image
-markers, image loading and conversion) and, when a processor directory is given (a previous
+Every record of every source (LLaVA JSON/JSONL, Hugging Face datasets, shards, parquet
+streams, each source of a mixture once) goes through the dataset's `[i]` (parsing, every
+field's type, turn order, image markers, image loading and conversion) and, when a processor directory is given (a previous
 stage's output or any saved LlavaProcessor), through `LlavaCollator.try_encode` (template,
 `max_length`, answers) and the collator's per-sample image processing: what the check
 accepts, training accepts. Index ranges are checked in parallel (`workers` spawned
@@ -25,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from victor.data.images import MAX_IMAGE_PIXELS
-from victor.data.llava import LlavaDataset, Sample
+from victor.data.llava import Sample
 from victor.data.skips import KEPT, Skipped
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def image_seq_length(processor, directory: str) -> int:
 
 def build(options: CheckOptions) -> dict:
     """The dataset and (with a processor) the collator, quiet: the report lists the records."""
-    dataset = LlavaDataset(options.data, options.image_root, options.max_image_pixels)
+    dataset = open_all(options)
     dataset.skips.logger = None
     collator = None
     if options.processor:
@@ -70,6 +71,25 @@ def build(options: CheckOptions) -> dict:
                                  options.max_length)
         collator.skips.logger = None
     return {"dataset": dataset, "collator": collator, "examples": options.examples}
+
+
+def open_all(options: CheckOptions):
+    """Every record of every source once, whatever the kind (LLaVA JSON/JSONL, Hugging Face
+    datasets, shards, parquet streams, the sources of a mixture YAML, weights and sampling
+    strategies set aside): one dataset read by position."""
+    import dataclasses
+
+    from victor.data.sources import build_dataset, data_specs
+
+    spec = data_specs(",".join(options.data), options.image_root)
+    spec = dataclasses.replace(spec, samples=None, sources=[
+        dataclasses.replace(s, weight=None, sampling_strategy="all") for s in spec.sources])
+    return build_dataset(spec, options.max_image_pixels)
+
+
+def size_of(dataset) -> int:
+    """Records of a dataset; a stream's `len()` is one rank's share, `samples` all of them."""
+    return getattr(dataset, "samples", None) or len(dataset)
 
 
 def _init_worker(options: CheckOptions) -> None:
@@ -107,8 +127,9 @@ def check_one(dataset, collator, index: int) -> list[Skipped]:
 
 def check_dataset(options: CheckOptions, workers: int = 1, max_skip_fraction: float = 0.1,
                   progress: bool = True) -> dict:
-    """Check every record; -> the report (a JSON-ready dict). Raises DataFormatError for a file
-    that is not LLaVA JSON/JSONL, FileNotFoundError for a missing image root or processor."""
+    """Check every record of every source; -> the report (a JSON-ready dict). Raises DataFormatError
+    for a file that is not LLaVA data, ConfigError for a broken mixture, FileNotFoundError for a
+    missing image root or processor."""
     if not 0.0 <= max_skip_fraction <= 1.0:
         raise ValueError(f"max_skip_fraction={max_skip_fraction} must be in [0, 1]")
     if workers < 1:
@@ -118,7 +139,7 @@ def check_dataset(options: CheckOptions, workers: int = 1, max_skip_fraction: fl
         if value and not Path(value).is_dir():
             raise FileNotFoundError(f"{name.replace('_', '-')} {value}: no such directory")
     state = build(options)  # reads the files: format errors surface here, before any worker starts
-    total = len(state["dataset"])
+    total = size_of(state["dataset"])
     chunk = max(1, min(1000, math.ceil(total / max(1, workers * 8))))
     ranges = [(a, min(a + chunk, total)) for a in range(0, total, chunk)]
     results = []

@@ -25,7 +25,7 @@ import torch
 from jinja2 import TemplateError as JinjaTemplateError
 
 from victor.data.llava import Sample
-from victor.data.skips import SkipLog, Skipped
+from victor.data.skips import Padding, SkipLog, Skipped
 from victor.data.templates import IMAGE_TOKEN, Rendered
 
 IGNORE = -100
@@ -205,6 +205,8 @@ class LlavaCollator:
     def __call__(self, samples: list) -> dict[str, torch.Tensor]:
         reasons: Counter = Counter()
         encoded = []
+        padding = sum(isinstance(sample, Padding) for sample in samples)  # a stream's filler, not a sample
+        samples = [sample for sample in samples if not isinstance(sample, Padding)]
         for sample in samples:
             if not isinstance(sample, Sample):  # the dataset's Skipped (already logged), or None
                 self.skipped["unreadable"] += 1
@@ -222,6 +224,8 @@ class LlavaCollator:
         if self.batch_stats:
             batch[DATA_STATS_KEY] = {"samples": len(samples), "reasons": {k: v for k, v in reasons.items() if v},
                                      "images": sum(len(e["images"]) for e in encoded)}
+            if padding:
+                batch[DATA_STATS_KEY]["padding"] = padding
         return batch
 
     def pixel_values(self, encoded: list[dict]) -> tuple[torch.Tensor | None, list[dict], list[Skipped]]:

@@ -17,6 +17,7 @@ What `load_image` does, deliberately:
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -45,11 +46,24 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = MAX_IMAGE_PIXEL
     path = Path(path)
     if not path.is_file():
         raise ImageError("missing_image", f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    return decode_image(path, path, max_pixels, background)
+
+
+def load_image_bytes(data: bytes, name: str, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                     background: tuple[int, int, int] = WHITE) -> Image.Image:
+    """`load_image` for an image stored inside the data (a shard member, a `datasets` Image
+    column); `name` says where it came from in messages."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not len(data):
+        raise ImageError("missing_image", f"{name}: no image bytes")
+    return decode_image(io.BytesIO(data), name, max_pixels, background)
+
+
+def decode_image(source, path, max_pixels: int | None, background: tuple[int, int, int]) -> Image.Image:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 check_size(img, max_pixels, path)
                 img.load()
                 rgb = to_rgb(orient(img), background)

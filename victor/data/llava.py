@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
-from victor.data.images import MAX_IMAGE_PIXELS, WHITE, ImageError, load_image
+from victor.data.images import MAX_IMAGE_PIXELS, WHITE, ImageError, load_image, load_image_bytes
 from victor.data.skips import SkipLog, Skipped, kind
 from victor.data.templates import IMAGE_TOKEN
 
@@ -54,6 +54,19 @@ class BrokenLine:
     """A JSONL line that could not be decoded: kept in place so that reading it is a skip."""
 
     detail: str
+
+
+class EmbeddedImage(str):
+    """An image carried inside the data (a shard member, a `datasets` Image column): a string (its
+    name, what the record's `image` field and messages show) with its encoded bytes in `data`."""
+
+    def __new__(cls, name: str, data: bytes):
+        obj = super().__new__(cls, name)
+        obj.data = data
+        return obj
+
+    def __reduce__(self):
+        return EmbeddedImage, (str(self), self.data)
 
 
 @dataclass
@@ -223,16 +236,28 @@ def check_markers(messages: list[dict], images: list[str], fail) -> None:
 class LlavaDataset(Dataset):
     """Records from one or more LLaVA files; `__getitem__` returns a Sample, or a Skipped.
 
+    The records are read from disk one at a time through an index (`victor.data.index`: built
+    once next to the data, a few bytes per record in memory, shared by DataLoader workers);
+    `in_memory=True` reads the files into Python lists instead (the old loader: ~2 GB per
+    process and per worker at 1 M records). Both give the same records, skips and lengths.
     `max_image_pixels` refuses larger images (decompression bombs); transparency is composited
     onto `alpha_background` (see images.py). `skipped` counts skips by reason, in this process.
     """
 
     def __init__(self, paths: str | list[str], image_root: str | os.PathLike | None = None,
-                 max_image_pixels: int | None = MAX_IMAGE_PIXELS, alpha_background: tuple[int, int, int] = WHITE):
+                 max_image_pixels: int | None = MAX_IMAGE_PIXELS, alpha_background: tuple[int, int, int] = WHITE,
+                 in_memory: bool = False, records=None):
         paths = [p for p in (paths.split(",") if isinstance(paths, str) else paths) if p]
-        self.records: list[tuple[str, object]] = []
-        for path in paths:
-            self.records += read_entries(path)
+        if records is not None:  # another source's records (`victor.data.hf`), (where, record) by position
+            self.records = records
+        elif in_memory:
+            self.records = []
+            for path in paths:
+                self.records += read_entries(path)
+        else:
+            from victor.data.index import IndexedRecords
+
+            self.records = IndexedRecords(paths)
         self.image_root = Path(image_root) if image_root else None
         self.max_image_pixels, self.alpha_background = max_image_pixels, alpha_background
         self.skips = SkipLog(log)
@@ -242,16 +267,23 @@ class LlavaDataset(Dataset):
         return len(self.records)
 
     @property
-    def modality_lengths(self) -> list[int]:
+    def modality_lengths(self):
         """Per record, the words of its conversation (>= 1), negated for text-only records: LLaVA's
-        `modality_lengths`, for grouped batching (`victor.data.sampler`). No image is opened."""
-        def words(record: dict) -> int:
-            turns = record.get("conversations") if isinstance(record.get("conversations"), list) else []
-            return max(1, sum(len(str(t.get("value", "")).split()) for t in turns if isinstance(t, dict)))
+        `modality_lengths`, for grouped batching (`victor.data.sampler`). No image is opened; with
+        the index they are read from it (an int32 array), not computed."""
+        from victor.data.index import modality_length
 
-        return [-1 if not isinstance(r, dict) else words(r) if r.get("image") else -words(r) for _, r in self.records]
+        stored = getattr(self.records, "lengths", None)
+        return stored if stored is not None else [modality_length(r) for _, r in self.records]
+
+    @property
+    def stored_lengths(self):
+        """`modality_lengths` where the records store them (an index: no pass over the data), else None."""
+        return getattr(self.records, "lengths", None)
 
     def load_image(self, rel: str) -> Image.Image:
+        if isinstance(rel, EmbeddedImage):
+            return load_image_bytes(rel.data, rel, self.max_image_pixels, self.alpha_background)
         path = self.image_root / rel if self.image_root else Path(rel)
         return load_image(path, self.max_image_pixels, self.alpha_background)
 

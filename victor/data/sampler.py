@@ -77,7 +77,8 @@ class ModalityLengthGroupedSampler(Sampler[int]):
     def __init__(self, lengths: list[int], batch_size: int, groups: int, seed: int = 0):
         if any(n == 0 for n in lengths):
             raise ValueError("modality lengths must be non-zero: > 0 for image records, < 0 for text-only ones")
-        self.lengths, self.batch_size, self.groups, self.seed = list(lengths), batch_size, max(1, groups), seed
+        lengths = lengths.tolist() if hasattr(lengths, "tolist") else list(lengths)  # an index's int32 array
+        self.lengths, self.batch_size, self.groups, self.seed = lengths, batch_size, max(1, groups), seed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -59,6 +59,17 @@ class Skipped:
         return f"{self.where}{rid} [{self.reason}] {self.field}: {self.detail}"
 
 
+class Padding:
+    """A slot with no sample: a stream pads a rank that has one sample fewer than others, so that
+    every rank runs the same steps (`victor.data.stream`). The collator drops it uncounted (it is
+    not a skip) and reports it in the batch's statistics."""
+
+    images = ()
+
+    def __repr__(self) -> str:
+        return "Padding()"
+
+
 def kind(value) -> str:
     """`list ['human']`, `int 5`: a value's type and a short repr, for error messages."""
     text = repr(value)

@@ -208,8 +208,10 @@ def build_model(
     return model, processor
 
 
-def load_model(path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
-    """Load a victor/LLaVA checkpoint (plain `llava` or `victor_llava`) and its processor."""
+def load_model(path: str, dtype: torch.dtype | None = None, attn_implementation: str | None = None,
+               merge_lora: bool = True):
+    """Load a victor/LLaVA checkpoint (plain `llava` or `victor_llava`) and its processor; a stage trained
+    with LoRA has its adapter merged in (`merge_lora`; see `victor.model.adapter`)."""
     from transformers import (  # victor_llava is registered on import
         AutoModelForImageTextToText,
         AutoProcessor,
@@ -223,5 +225,9 @@ def load_model(path: str, dtype: torch.dtype | None = None, attn_implementation:
     # DeepSpeed ZeRO-3 (weights loaded inside zero.Init) that record differs and the saved keys
     # would too. Forget it, so every stage saves the layout a freshly built LLaVA saves.
     model._weight_conversions = None
+    if merge_lora:
+        from victor.model.adapter import merge_adapter
+
+        model = merge_adapter(model, path)
     processor = AutoProcessor.from_pretrained(path)
     return model, processor

@@ -5,6 +5,7 @@ from two backbones) is checked right after loading, still before training.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -68,10 +69,11 @@ def preflight(recipe: Recipe, comprehension: bool) -> None:
             model_source(option, getattr(model, option))
     files = [f for f in data.data_path.split(",") if f]
     if not files:
-        raise ConfigError("data_path is empty: give one or more LLaVA JSON/JSONL files, comma-separated")
+        raise ConfigError("data_path is empty: give one or more LLaVA JSON/JSONL files (comma-separated), a "
+                          "dataset folder, shards or a mixture YAML")
     for f in files:
-        if not os.path.isfile(f):
-            raise ConfigError(f"data_path: no such file {f}")
+        if not (os.path.isfile(f) or os.path.isdir(f) or (any(c in f for c in "*?[") and glob.glob(f))):
+            raise ConfigError(f"data_path: no such file {f} (nor a folder, nor files matching it)")
     if data.image_root and not os.path.isdir(data.image_root):
         raise ConfigError(f"image_root={data.image_root}: no such directory")
     if not 0.0 <= data.max_skip_fraction <= 1.0:
@@ -114,12 +116,12 @@ PROBE = 256  # records tokenised before training: a bounded probe, never a pass 
 
 def check_lengths_fit(dataset, collator, max_length: int, seed: int, probe: int = PROBE) -> None:
     """Fail before the first step when `max_length` cuts every probed sample: up to `probe` records
-    in a seeded order are tokenised (images are not decoded), and if none fits, the error names
-    the shortest length that would. The end-of-run check (`check_trained`) covers the rest."""
-    import torch
+    (`victor.data.sources.probe_texts`: seeded random ones and, where the data stores token-free
+    lengths, the shortest) are tokenised (images are not decoded), and if none fits, the error
+    names the shortest length that would. The end-of-run check (`check_trained`) covers the rest."""
+    from victor.data.sources import probe_texts
 
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:probe].tolist()
-    needed = [collator.required_length(s) for s in map(dataset.read_text, order) if s is not None]
+    needed = [collator.required_length(s) for s in probe_texts(dataset, seed, probe, collator.n_visual)]
     needed = [n for n in needed if n is not None]
     if needed and min(needed) > max_length:
         raise ConfigError(f"max_length={max_length} leaves nothing to train on: none of the {len(needed)} samples "

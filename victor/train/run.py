@@ -10,8 +10,8 @@ from transformers import TrainerState, set_seed
 
 from victor.config import ConfigError, Recipe, parse_recipe
 from victor.data.collate import LlavaCollator
-from victor.data.llava import LlavaDataset
 from victor.data.monitor import SkipMonitor
+from victor.data.sources import make_dataset
 from victor.model.assemble import (
     build_model,
     load_model,
@@ -21,6 +21,7 @@ from victor.model.assemble import (
 from victor.model.comprehension import VisualComprehension
 from victor.model.comprehension_state import load_state
 from victor.train.checkpoint import check_world_size, resolve_resume
+from victor.train.lora import apply_lora
 from victor.train.engine import (
     fsdp_requested,
     init_distributed,
@@ -79,7 +80,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
     engine = "deepspeed" if uses_deepspeed(training_args) else "fsdp" if fsdp_requested(training_args) else "torch"
     resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir, engine)
     one_activation_checkpointing(training_args)
-    dataset = LlavaDataset(data_args.data_path, data_args.image_root, max_image_pixels=data_args.max_image_pixels)
+    dataset = make_dataset(data_args, training_args.seed)
     init_distributed(training_args)
     if resume:
         check_world_size(resume, engine, training_args.world_size)
@@ -93,6 +94,7 @@ def train_stage(recipe: Recipe, callbacks=None) -> str:
         head = trained.load_pool(load_state(model_args.init_from))
         log.info("pool from %s%s", model_args.init_from, " (and its head)" if head else "; a fresh head")
     counts = apply_freezing(trained, stage)
+    counts = apply_lora(trained, stage, stage_args, counts)
     log.info("stage %s trains %s", stage.name, {k: v for k, v in counts.items() if v})
 
     collator = LlavaCollator(processor, model.config.image_seq_length, stage.template, data_args.max_length,

@@ -18,6 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from victor.data.monitor import SkipMonitor
 from victor.data.sampler import ModalityLengthGroupedSampler
+from victor.data.stream import is_stream, resumed_stream, stream_dataloader
 from victor.model.comprehension import VisualComprehension
 from victor.model.comprehension_state import load_state
 from victor.train.checkpoint import (
@@ -31,6 +32,7 @@ from victor.train.checkpoint import (
 )
 from victor.train.guards import GuardCallback, NonFiniteGuard
 from victor.train.objective import StepCounts, step_counts
+from victor.train.lora import has_lora, llava_of, load_lora_llava, save_lora_llava
 from victor.train.stages import MODULES, modules_of
 
 
@@ -58,6 +60,17 @@ class VictorTrainer(Trainer):
         self._extra_logs: dict[str, list[torch.Tensor]] = defaultdict(list)  # read at log time
 
     # -- data order -----------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        """A stream splits itself across ranks and workers (victor.data.stream); the rest is the Trainer's."""
+        if is_stream(self.train_dataset):
+            return stream_dataloader(self)
+        return super().get_train_dataloader()
+
+    def get_resumed_dataloader(self, dataloader, num_batches):
+        if is_stream(getattr(dataloader, "dataset", None)):
+            return resumed_stream(dataloader, num_batches)
+        return super().get_resumed_dataloader(dataloader, num_batches)
+
     def _get_train_sampler(self, train_dataset=None):
         """LLaVA's modality- and length-grouped order when asked for (the Trainer's own samplers
         cannot keep a global batch to one modality); otherwise the Trainer's choice."""
@@ -196,7 +209,7 @@ class VictorTrainer(Trainer):
         the live module is complete and is read directly.
         """
         core = self.accelerator.unwrap_model(self.model)
-        if not isinstance(core, VisualComprehension):
+        if not isinstance(core, VisualComprehension) and not has_lora(core):
             return super()._save(output_dir, state_dict)
         if not self.args.should_save:
             return
@@ -205,9 +218,13 @@ class VictorTrainer(Trainer):
         live = core.state_dict()
         state_dict = {**live, **state_dict} if state_dict else live  # buffers are never partitioned
         check_full(state_dict, full_shapes(core), output_dir)
-        llava_state, extra = split_state_dict(state_dict)
-        core.llava.save_pretrained(output_dir, state_dict=llava_state, safe_serialization=True)
-        core.save_state(output_dir, extra)
+        llava_state, extra = split_state_dict(state_dict) if isinstance(core, VisualComprehension) else (state_dict, {})
+        if has_lora(core):  # the base checkpoint and adapter/ (victor.train.lora)
+            save_lora_llava(llava_of(core), llava_state, output_dir, safe_serialization=True)
+        else:
+            core.llava.save_pretrained(output_dir, state_dict=llava_state, safe_serialization=True)
+        if extra:
+            core.save_state(output_dir, extra)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
@@ -215,10 +232,16 @@ class VictorTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume without DeepSpeed: weights straight into the live model (no second copy)."""
         core = self.accelerator.unwrap_model(model if model is not None else self.model)
-        if not isinstance(core, VisualComprehension):
+        if has_lora(core):
+            load_lora_llava(llava_of(core), resume_from_checkpoint)
+        elif hasattr(llava_of(core), "model") and hasattr(llava_of(core).model, "multi_modal_projector"):
+            # a plain LLaVA (stages 1 and 2) too: the Trainer's own loader maps none of the saved names
+            # of a model loaded with `_weight_conversions = None` and restores nothing
+            load_llava_weights(llava_of(core), resume_from_checkpoint)
+        else:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_llava_weights(core.llava, resume_from_checkpoint)
-        load_state_into(core, load_state(resume_from_checkpoint), resume_from_checkpoint)
+        if isinstance(core, VisualComprehension):
+            load_state_into(core, load_state(resume_from_checkpoint), resume_from_checkpoint)
 
 class CompleteCheckpoints(TrainerCallback):
     """After the Trainer has written `checkpoint-N` (every process: weights, optimizer, scheduler,

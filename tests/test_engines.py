@@ -101,7 +101,9 @@ def test_two_processes_train_and_save_what_one_process_does(setup, reference, en
     assert ours.keys() == ref.keys()
     for key in ref:
         assert ours[key].shape == ref[key].shape and ours[key].numel() > 0, key
-        assert torch.allclose(ours[key].float(), ref[key].float(), atol=2e-6), (key, (ours[key] - ref[key]).abs().max())
+        # 5e-6: Adam turns summation-order noise in a near-zero gradient element into up to ~lr * 3e-3 (one
+        # element of one down_proj moved 2.7e-6 under DDP once the LM loss was chunked; the rest < 1.3e-6)
+        assert torch.allclose(ours[key].float(), ref[key].float(), atol=5e-6), (key, (ours[key] - ref[key]).abs().max())
     # pool usage counts every rank's images
     assert torch.equal(ours["extra.usage"], ref["extra.usage"])
     stock = LlavaForConditionalGeneration.from_pretrained(out)

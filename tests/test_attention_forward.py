@@ -72,7 +72,7 @@ def with_attention(llava, impl):
 
 @pytest.mark.parametrize("mode", ["causal", "bidirectional-visual", "prefix"])
 def test_flex_attention_follows_the_mode_like_eager(tiny_llava, mode):
-    """The README: the masks are transformers' own, so flex attention runs every mode. On CPU (torch
+    """docs/method.md: the masks are transformers' own, so flex attention runs every mode. On CPU (torch
     2.13) flex attention runs through torch.compile's CPU backend; a padded batch of a two-image and
     a one-image sample must give the logits and losses of eager attention."""
     llava, processor = tiny_llava

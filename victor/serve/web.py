@@ -20,7 +20,7 @@ keeps its own conversation (the history travels with each request).
 API (the same functions the page calls; `gradio_client` or HTTP): `/chat` (image file, message,
 history, temperature, top_p, max_new_tokens) -> (history, "") streamed, `/pool` (image file,
 matching) -> (overlay, markdown), only with a pool. The server binds to 127.0.0.1 unless told
-otherwise (reach it from elsewhere through SSH port forwarding, see the README). No web fonts or
+otherwise (reach it from elsewhere through SSH port forwarding, see docs/inference.md). No web fonts or
 analytics are fetched, so the page works offline.
 """
 from __future__ import annotations

@@ -20,7 +20,8 @@ from victor.config import ConfigError, StageArguments
 from victor.data.collate import LlavaCollator
 from victor.data.llava import Sample
 from victor.model.assemble import build_model, load_model
-from victor.model.adapter import ADAPTER_DIR, merge
+from victor.model.adapter import ADAPTER_DIR
+from victor.model.merge import merge
 from victor.train.lora import apply_lora, save_lora_llava
 from victor.train.run import train_from_recipe
 from victor.train.stages import apply_freezing, resolve_stage

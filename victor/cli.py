@@ -221,7 +221,7 @@ def _merge(args):
     import torch
 
     from victor.config import ConfigError
-    from victor.model.adapter import merge
+    from victor.model.merge import merge
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     try:

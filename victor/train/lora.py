@@ -16,7 +16,8 @@ A stage (or `checkpoint-N`) trained with LoRA holds:
 
 `victor merge STAGE --output DIR` folds the adapter into the weights: DIR is a stock checkpoint,
 like a stage trained without LoRA. victor's own loaders (`init_from`, eval, chat) merge an
-unmerged stage's adapter in memory when they load it (both in `victor.model.adapter`).
+unmerged stage's adapter in memory when they load it (`victor merge`: `victor.model.merge`; on
+load: `victor.model.adapter`).
 
 QLoRA (a 4-bit base) is not implemented: it needs bitsandbytes and a GPU, neither of which
 this project's machines have, so it could not be tested.

@@ -92,8 +92,8 @@ def test_lora_options_are_checked(backbones):
     model, _ = build_model(*backbones)
     with pytest.raises(ConfigError, match="no linear layer named nope"):
         apply_lora(model, resolve_stage("2"), lora_args(lora_target_modules="q_proj,nope"), {})
-    with pytest.raises(ConfigError, match="stage 1 does not train the LLM"):
-        apply_lora(model, resolve_stage("1"), lora_args(), {})
+    with pytest.raises(ConfigError, match="lora_r=4: stage 1 does not train the LLM"):  # an option rule (config)
+        StageArguments(stage="1", lora_r=4).validate()
     counts = apply_lora(model, resolve_stage("2", train_vision=True), lora_args(lora_target_modules="q_proj,v_proj",
                                                                                lora_vision=True), {})
     adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_" in n}

@@ -73,12 +73,10 @@ def target_regex(llava, targets: str, vision: bool) -> str:
 
 def apply_lora(model: torch.nn.Module, stage, stage_args, counts: dict[str, int]) -> dict[str, int]:
     """Inject adapters when `stage_args.lora_r > 0` and set what trains; -> trainable counts per module
-    (the `counts` given, unchanged, without LoRA)."""
+    (the `counts` given, unchanged, without LoRA). `stage_args` passed `StageArguments.validate`
+    (preflight): no LoRA on stage 1, which does not train the LLM."""
     if not getattr(stage_args, "lora_r", 0):
         return counts
-    if "llm" not in stage.trains:
-        raise ConfigError(f"lora_r={stage_args.lora_r}: stage {stage.name} does not train the LLM; LoRA is for "
-                          "stages 1.5 and 2")
     from peft import LoraConfig, inject_adapter_in_model
 
     from victor.train.stages import MODULES, modules_of

@@ -12,13 +12,8 @@ from victor.data.collate import (
     expand_images,
     render_chat,
 )
-from victor.data.llava import (
-    DataFormatError,
-    LlavaDataset,
-    Sample,
-    parse_record,
-    read_records,
-)
+from victor.data.entries import DataFormatError, read_records
+from victor.data.llava import LlavaDataset, Sample, parse_record
 from victor.data.templates import Rendered
 
 

@@ -13,10 +13,12 @@ from PIL import Image
 from victor.eval import BENCHMARKS, BenchmarkFormatError, get_benchmark
 from victor.eval.prompts import MC_SUFFIX, SHORT_ANSWER_SUFFIX
 from victor.eval.run import (
+    Scoring,
     compare_runs,
     format_summary_table,
     read_predictions,
     run_benchmark,
+    run_scoring,
 )
 
 
@@ -568,6 +570,37 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, pope_dir)
     assert run_benchmark("pope", data, images, again, tmp_path / "full", progress=False) == full
     with pytest.raises(ValueError, match="refusing to resume"):
         run_benchmark("gqa", data, images, again, tmp_path / "full", progress=False)
+
+
+def test_a_scoring_mode_plugs_into_the_one_runner(tmp_path, pope_dir):
+    """The runner, not the mode, owns run_info, resume, batching and the summary's header."""
+    data, images = pope_dir
+
+    class Constant(Scoring):
+        name = "constant"
+
+        def __init__(self, fail_at=None):
+            self.batches, self.fail_at = [], fail_at
+
+        def predict(self, spec, batch):
+            self.batches.append(len(batch))
+            if len(self.batches) == self.fail_at:
+                raise RuntimeError("simulated crash")
+            return [{"id": it.id, "prediction": "yes"} for it in batch]
+
+        def summarize(self, spec, items, records, output_dir):
+            return {"metrics": spec.score(items, {i: r["prediction"] for i, r in records.items()})["metrics"]}
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_scoring("pope", data, images, Constant(fail_at=2), tmp_path / "c", batch_size=4, progress=False)
+    mode = Constant()
+    summary = run_scoring("pope", data, images, mode, tmp_path / "c", batch_size=4, progress=False)
+    assert mode.batches == [4, 1]  # the first batch was kept
+    assert list(summary)[:8] == ["benchmark", "kind", "scoring", "data", "image_root", "n", "limit", "metrics"]
+    assert summary["scoring"] == "constant" and summary["metrics"]["yes_ratio"] == 1.0
+    assert json.loads((tmp_path / "c" / "run_info.json").read_text())["scoring"] == "constant"
+    with pytest.raises(ValueError, match="constant-scored run"):
+        run_benchmark("pope", data, images, FakeGenerate(), tmp_path / "c", progress=False)
 
 
 def test_run_mmbench_writes_predictions_and_submission(tmp_path, mmbench_tsv):

@@ -20,7 +20,8 @@ from victor.config import ConfigError, StageArguments
 from victor.data.collate import LlavaCollator
 from victor.data.llava import Sample
 from victor.model.assemble import build_model, load_model
-from victor.model.adapter import ADAPTER_DIR, merge
+from victor.model.adapter import ADAPTER_DIR
+from victor.model.merge import merge
 from victor.train.lora import apply_lora, save_lora_llava
 from victor.train.run import train_from_recipe
 from victor.train.stages import apply_freezing, resolve_stage
@@ -91,8 +92,8 @@ def test_lora_options_are_checked(backbones):
     model, _ = build_model(*backbones)
     with pytest.raises(ConfigError, match="no linear layer named nope"):
         apply_lora(model, resolve_stage("2"), lora_args(lora_target_modules="q_proj,nope"), {})
-    with pytest.raises(ConfigError, match="stage 1 does not train the LLM"):
-        apply_lora(model, resolve_stage("1"), lora_args(), {})
+    with pytest.raises(ConfigError, match="lora_r=4: stage 1 does not train the LLM"):  # an option rule (config)
+        StageArguments(stage="1", lora_r=4).validate()
     counts = apply_lora(model, resolve_stage("2", train_vision=True), lora_args(lora_target_modules="q_proj,v_proj",
                                                                                lora_vision=True), {})
     adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_" in n}

@@ -51,6 +51,11 @@ CASES = [
     ({"init_from": "runs/tiny/stage1/x"}, r"init_from=runs/tiny/stage1/x: no such directory, and not a hub id"),
     ({"max_length": "16"}, r"max_length=16 cannot hold one image \(16 visual tokens\)"),
     ({"llm_lr": "0"}, r"llm_lr=0.0 must be > 0"),
+    ({"init_from": ""}, r"set init_from \(a previous stage's output\) or both vision and llm"),
+    ({"max_length": "4"}, r"max_length=4 must be >= 8"),
+    ({"max_skip_fraction": "2"}, r"max_skip_fraction=2.0 must be in \[0, 1\]"),
+    ({"skip_window": "0"}, r"skip_window=0 must be >= 1"),
+    ({"stage": "1", "lora_r": "4"}, r"lora_r=4: stage 1 does not train the LLM"),
     ({"resume_from_checkpoint": "auto"}, r"no complete checkpoint-N in .*use --resume_from_checkpoint auto-or-new"),
 ]
 

@@ -87,30 +87,26 @@ def _eval(args):
         return _eval_suite(args)
     if not (args.model and args.benchmark and args.data):
         raise SystemExit("victor eval: give --model, --benchmark and --data (or --suite and --data-root)")
-    from victor.eval.run import format_summary_table, run_benchmark
+    from victor.eval.run import Generation, format_summary_table, run_scoring
 
     if args.scoring == "likelihood":
-        from victor.eval.likelihood import run_likelihood
+        from victor.eval.likelihood import Likelihood
         from victor.infer import Scorer
 
-        out = args.output or os.path.join(args.model, "eval", f"{args.benchmark}-likelihood")
-        summary = run_likelihood(args.benchmark, args.data, args.image_root, Scorer(args.model), out,
-                                 batch_size=args.batch_size, limit=args.limit)
-        print(format_summary_table(summary))
-        if "metrics_option_text" in summary:
-            print(format_summary_table({**summary, "benchmark": f"{summary['benchmark']} (by option text)",
-                                        "metrics": summary["metrics_option_text"], "tables": {}}))
-        return
-    from victor.infer import Generator
+        scoring, run_name = Likelihood(Scorer(args.model)), f"{args.benchmark}-likelihood"
+    else:
+        from victor.infer import Generator
 
-    gen = Generator(args.model)
-    out = args.output or os.path.join(args.model, "eval", args.benchmark)
-    summary = run_benchmark(
-        args.benchmark, args.data, args.image_root,
-        lambda images, prompts: gen(images, prompts, max_new_tokens=args.max_new_tokens or 16),
-        out, batch_size=args.batch_size, limit=args.limit,
-    )
+        gen = Generator(args.model)
+        scoring = Generation(lambda images, prompts: gen(images, prompts, max_new_tokens=args.max_new_tokens or 16))
+        run_name = args.benchmark
+    out = args.output or os.path.join(args.model, "eval", run_name)
+    summary = run_scoring(args.benchmark, args.data, args.image_root, scoring, out,
+                          batch_size=args.batch_size, limit=args.limit)
     print(format_summary_table(summary))
+    if "metrics_option_text" in summary:
+        print(format_summary_table({**summary, "benchmark": f"{summary['benchmark']} (by option text)",
+                                    "metrics": summary["metrics_option_text"], "tables": {}}))
 
 
 def _data(args):
@@ -225,7 +221,7 @@ def _merge(args):
     import torch
 
     from victor.config import ConfigError
-    from victor.model.adapter import merge
+    from victor.model.merge import merge
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     try:

@@ -6,6 +6,11 @@ first and the command line after it, so the command line wins. Choices are `Lite
 so `victor train --help` lists them and a wrong value is refused before anything is loaded.
 Inside the package, options change through `Recipe.replace(name=value)`: typed values, no
 command-line strings.
+
+Every rule about option *values* (choices, ranges, combinations within one dataclass) lives
+here, once: each dataclass's `validate`, all of them through `Recipe.validate`, which
+`victor.train.preflight` runs first, before it checks what the options point at (files,
+checkpoints, kernels) and before any weight is loaded.
 """
 from __future__ import annotations
 
@@ -77,6 +82,13 @@ class ModelArguments:
         None, "the image processor's resize filter; unset: keep init_from's processor's, or the encoder's published "
               "one. ViCToR's code resizes bicubic whatever the encoder publishes. Saved with the checkpoint")
 
+    def validate(self) -> None:
+        """Raise a ConfigError naming the option for a value no run can use."""
+        check_choices(self)
+        if not self.init_from and not (self.vision and self.llm):
+            raise ConfigError("set init_from (a previous stage's output) or both vision and llm "
+                              "(hub ids or directories)")
+
 
 @dataclass
 class DataArguments:
@@ -93,6 +105,20 @@ class DataArguments:
     group_by_modality_length: bool = _opt(
         False, "every global batch all-image or all-text, its samples balanced by length across devices and "
                "accumulation steps (LLaVA's group_by_modality_length)")
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the option for a value no run can use."""
+        check_choices(self)
+        if not [f for f in self.data_path.split(",") if f]:
+            raise ConfigError("data_path is empty: give one or more LLaVA JSON/JSONL files (comma-separated), a "
+                              "dataset folder, shards or a mixture YAML")
+        if not 0.0 <= self.max_skip_fraction <= 1.0:
+            raise ConfigError(f"max_skip_fraction={self.max_skip_fraction} must be in [0, 1]")
+        for name in ("skip_window", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length={self.max_length} must be >= 8")
 
 
 @dataclass
@@ -117,6 +143,16 @@ class StageArguments:
     lora_target_modules: str = _opt("all-linear", "all-linear (every linear layer of the LLM but its output head) "
                                                   "or comma-separated layer names, e.g. q_proj,v_proj")
     lora_vision: bool = _opt(False, "also put adapters on the vision tower's linear layers (never by default)")
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the option for a value no run can use."""
+        check_choices(self)
+        for name in ("projector_lr", "llm_lr", "vision_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name}={value} must be > 0")
+        if self.lora_r and self.stage == "1":  # stage 1 trains the projector only (victor.train.stages)
+            raise ConfigError(f"lora_r={self.lora_r}: stage 1 does not train the LLM; LoRA is for stages 1.5 and 2")
 
 
 @dataclass
@@ -145,7 +181,8 @@ class ComprehensionConfig:
     recon_beta: float = _opt(0.01, "SmoothL1 beta of the reconstruction loss")
 
     def validate(self, n_visual: int | None = None) -> None:
-        """Raise a configuration error before training starts, never mid-run."""
+        """Raise a configuration error before training starts, never mid-run; with `n_visual` (the
+        model's visual tokens per image) also when the pool cannot serve them (`check_visual_tokens`)."""
         check_choices(self)
         if not 0.0 < self.mask_ratio <= 1.0:
             raise ConfigError(f"mask_ratio={self.mask_ratio} must be in (0, 1]")
@@ -157,8 +194,11 @@ class ComprehensionConfig:
             value = getattr(self, name)
             if value is not None and not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name}={value} must be a finite number >= 0")
-        if n_visual is None:
-            return
+        if n_visual is not None:
+            self.check_visual_tokens(n_visual)
+
+    def check_visual_tokens(self, n_visual: int) -> None:
+        """Hungarian matching is one-to-one: the pool needs a row for every masked token of an image."""
         n_masked = self.masked_count(n_visual)
         if self.matching == "hungarian" and self.pool_size < n_masked:
             raise ConfigError(
@@ -183,6 +223,18 @@ class Recipe:
     stage: StageArguments
     comprehension: ComprehensionConfig
     training: TrainingArguments
+
+    def validate(self, comprehension: bool) -> None:
+        """Every option's own rules, dataclass by dataclass (`validate` of each), before anything is
+        loaded; a ConfigError names the option. `comprehension`: whether the stage runs stage 1.5's
+        method; when it does not, its settings (unused) only have to be valid choices."""
+        self.model.validate()
+        self.data.validate()
+        self.stage.validate()
+        if comprehension:
+            self.comprehension.validate()
+        else:
+            check_choices(self.comprehension)
 
     def replace(self, **changes) -> Recipe:
         """A copy with options changed by name, each routed to the dataclass that owns it."""

@@ -19,7 +19,7 @@ Several processes (ranks) opening the same file wait on a file lock while one bu
 Reading record `i` is one `os.pread` of its bytes and one `json.loads`: offsets and lengths
 are numpy arrays (memory-mapped), so a process and its workers hold a few bytes per record,
 shared, instead of the records. What a record *means* (skips, `where` strings, the file-level
-`DataFormatError`s) is exactly what `llava.read_entries` gives for the same file.
+`DataFormatError`s) is exactly what `entries.read_entries` gives for the same file.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ from array import array
 from pathlib import Path
 
 import numpy as np
+
+from victor.data.entries import BrokenLine, DataFormatError, parse_line, read_entries
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +115,6 @@ def _writable(directory: Path) -> bool:
 def ensure_index(path: str | os.PathLike, rebuild: bool = False, progress: bool = False) -> Path:
     """The folder of `path`'s current index, built (under a lock) if missing or stale.
     Raises DataFormatError for a file that is not LLaVA JSON/JSONL, as `read_entries` does."""
-    from victor.data.llava import DataFormatError
-
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: no such data file")
@@ -256,8 +256,6 @@ def iter_json_list(path: Path, progress: bool = False):
 
 def fail(path: Path, message: str = "neither a JSON list nor JSONL (a JSON list that does not parse to its end)"):
     """Raise the DataFormatError `read_entries` gives for this file (its wording, its line numbers)."""
-    from victor.data.llava import DataFormatError, read_entries
-
     if path.stat().st_size <= SMALL_FILE:
         read_entries(path)  # raises for a broken file
     raise DataFormatError(f"{path}: {message}")
@@ -289,8 +287,6 @@ def convert_json_list(path: Path, out: Path, progress: bool = False):
 def whole_document(path: Path):
     """A file that is neither a JSON list nor JSONL may still be one JSON object (a one-record
     file printed over several lines), as `read_entries` reads it; anything else is its error."""
-    from victor.data.llava import read_entries
-
     if path.stat().st_size > SMALL_FILE:
         fail(path)
     return [record for _, record in read_entries(path)]
@@ -299,8 +295,6 @@ def whole_document(path: Path):
 def scan_jsonl(path: Path, progress: bool = False):
     """(offsets (n + 1), lengths, line numbers) of the non-blank lines of a JSONL file, or None
     when no line is a JSON value (not JSONL at all)."""
-    from victor.data.llava import BrokenLine, parse_line
-
     offsets, lengths, lines = array("q"), array("i"), array("q")
     position, any_value = 0, False
     with open(path, "rb") as f, _bar(path, progress) as bar:
@@ -327,8 +321,6 @@ def scan_jsonl(path: Path, progress: bool = False):
 
 def check_conversations(path: Path, tmp: Path, fmt: str, offsets: array, count: int) -> None:
     """As `read_entries`: a file none of whose first 100 records has `conversations` is not LLaVA data."""
-    from victor.data.llava import parse_line
-
     source = tmp / "records.jsonl" if fmt == "json" else path
     with open(source, "rb") as f:
         for i in range(min(count, 100)):
@@ -381,8 +373,6 @@ class IndexedFile:
         return f"{self.path}:{int(self._lines[i])}"
 
     def __getitem__(self, i: int):
-        from victor.data.llava import parse_line
-
         if not 0 <= i < self.count:
             raise IndexError(f"record {i} of {self.count}")
         return self.where(i), parse_line(self.raw(i).partition(b"\n")[0])  # the span runs on over blank lines

@@ -16,7 +16,6 @@ from `__getitem__` for the end of the data).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,16 +24,13 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import Dataset
 
+from victor.data.entries import BrokenLine, DataFormatError, read_entries
 from victor.data.images import MAX_IMAGE_PIXELS, WHITE, ImageError, load_image, load_image_bytes
 from victor.data.skips import SkipLog, Skipped, kind
 from victor.data.templates import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-class DataFormatError(ValueError):
-    """A data file that is not LLaVA conversation JSON/JSONL."""
 
 
 class RecordError(DataFormatError):
@@ -47,13 +43,6 @@ class RecordError(DataFormatError):
     @property
     def reason(self) -> str:
         return self.skip.reason
-
-
-@dataclass
-class BrokenLine:
-    """A JSONL line that could not be decoded: kept in place so that reading it is a skip."""
-
-    detail: str
 
 
 class EmbeddedImage(str):
@@ -76,68 +65,6 @@ class Sample:
     images: list[Image.Image] = field(default_factory=list)
     index: int = -1  # position in its dataset: keys the sample's stage-1.5 masks
     where: str = ""  # "file[index]" or "file:line", for messages
-
-
-def read_entries(path: str | os.PathLike) -> list[tuple[str, object]]:
-    """[(where, record)] from a JSON list or a JSONL file; `where` is `file[i]` or `file:line`.
-
-    A file that does not parse as one JSON document and does not start with `[` is read as
-    JSONL, line by line: a line that is not UTF-8 or not JSON becomes a `BrokenLine` (a skip
-    when read). A broken JSON list, a file that is no JSON at all, or a JSON list that is not
-    UTF-8 is a DataFormatError naming the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such data file")
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
-    try:
-        document = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        entries = read_jsonl(path, raw, err)
-    else:
-        if isinstance(document, dict):  # a one-line JSONL file
-            document = [document]
-        if not isinstance(document, list):
-            raise DataFormatError(f"{path}: expected a list of LLaVA records (objects with 'conversations'), "
-                                  f"got a JSON {type(document).__name__}")
-        entries = [(f"{path}[{i}]", r) for i, r in enumerate(document)]
-    if entries and not any(isinstance(r, dict) and "conversations" in r for _, r in entries[:100]):
-        raise DataFormatError(f"{path}: no record has a 'conversations' field; is this a LLaVA conversation file?")
-    return entries
-
-
-def read_jsonl(path: Path, raw: bytes, document_error: Exception) -> list[tuple[str, object]]:
-    """JSONL lines; the document's own error if it is a JSON list or no line parses."""
-    first = next((n for n, line in enumerate(raw.split(b"\n"), 1) if line.strip()), 1)
-    if isinstance(document_error, UnicodeDecodeError) and raw.lstrip().startswith(b"["):
-        line = raw[: document_error.start].count(b"\n") + 1
-        raise DataFormatError(f"{path}:{line}: not valid UTF-8 (byte {document_error.start} of the file: "
-                              f"{document_error.reason}); save the file as UTF-8")
-    if isinstance(document_error, json.JSONDecodeError) and raw.lstrip().startswith(b"["):
-        raise DataFormatError(f"{path}:{first}: neither a JSON list nor JSONL (the JSON list breaks at line "
-                              f"{document_error.lineno}, column {document_error.colno}: {document_error.msg})")
-    entries: list[tuple[str, object]] = []
-    for n, line in enumerate(raw.split(b"\n"), 1):
-        if line.strip():
-            entries.append((f"{path}:{n}", parse_line(line)))
-    if not any(not isinstance(r, BrokenLine) for _, r in entries):
-        detail = entries[0][1].detail if entries else "empty file"
-        raise DataFormatError(f"{path}:{first}: neither a JSON list nor JSONL ({detail})")
-    return entries
-
-
-def parse_line(line: bytes):
-    """One JSONL line -> its value, or a BrokenLine saying why not."""
-    try:
-        return json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        return BrokenLine(f"not valid UTF-8 (byte {err.start} of the line: {err.reason})")
-    except json.JSONDecodeError as err:
-        return BrokenLine(f"not valid JSON ({err.msg}, column {err.colno})")
-
-
-def read_records(path: str | os.PathLike) -> list:
-    """The records of a JSON list or JSONL file (see `read_entries`)."""
-    return [record for _, record in read_entries(path)]
 
 
 def record_id(record: dict) -> str | None:

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from victor.data.index import modality_length
-from victor.data.llava import BrokenLine, DataFormatError, EmbeddedImage, LlavaDataset, RecordError, parse_line, \
-    parse_record
+from victor.data.entries import BrokenLine, DataFormatError, parse_line
+from victor.data.llava import EmbeddedImage, LlavaDataset, RecordError, parse_record
 
 INDEX = "shards.json"
 VERSION = 1

@@ -356,6 +356,16 @@ def data_specs(data_path: str, image_root: str | None) -> MixtureSpec:
     return MixtureSpec([SourceSpec(p, k, image_root, name=Path(p).name) for p, k in zip(paths, kinds)])
 
 
+def stream_mixture(sources: list, names: list[str], weights, samples, seed: int):
+    """Streams (and map-style sources) mixed by weight, as one stream: a `MixtureDataset` over their
+    stores whose rows come in stored order within each source (sequential reads), interleaved."""
+    from victor.data.stream import StreamingDataset
+
+    stores = [s.store if isinstance(s, StreamingDataset) else s for s in sources]
+    mixture = MixtureDataset(stores, names, weights, samples, seed, in_order=True)
+    return StreamingDataset(mixture, seed=seed)
+
+
 def build_dataset(spec: MixtureSpec, max_image_pixels: int | None = MAX_IMAGE_PIXELS, seed: int | None = None,
                   group_by_modality: bool = False):
     """The dataset of a mixture spec; a stream if any source streams (then grouped by modality within
@@ -365,8 +375,6 @@ def build_dataset(spec: MixtureSpec, max_image_pixels: int | None = MAX_IMAGE_PI
     weights = [s.weight for s in spec.sources] if spec.weighted else None
     names = [s.name for s in spec.sources]
     if any(getattr(s, "streaming", False) for s in sources):
-        from victor.data.stream import stream_mixture
-
         single = len(sources) == 1 and weights is None and spec.samples is None
         dataset = sources[0] if single else stream_mixture(sources, names, weights, spec.samples, seed)
         dataset.group_by_modality = group_by_modality

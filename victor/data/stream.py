@@ -195,16 +195,6 @@ def open_stream(spec, max_image_pixels, seed: int):
     return StreamingDataset(store, records.parts, seed=seed)
 
 
-def stream_mixture(sources: list, names: list[str], weights, samples, seed: int):
-    """Streams (and map-style sources) mixed by weight, as one stream: a `MixtureDataset` over their
-    stores whose rows come in stored order within each source (sequential reads), interleaved."""
-    from victor.data.sources import MixtureDataset
-
-    stores = [s.store if isinstance(s, StreamingDataset) else s for s in sources]
-    mixture = MixtureDataset(stores, names, weights, samples, seed, in_order=True)
-    return StreamingDataset(mixture, seed=seed)
-
-
 # -- the Trainer's side -----------------------------------------------------------------------
 def is_stream(dataset) -> bool:
     return bool(getattr(dataset, "streaming", False))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from victor.config import ComprehensionConfig
-from victor.demo.report import DemoResults
+from victor.demo.results import DemoResults
 from victor.model.assemble import load_model
 from victor.model.comprehension import VisualComprehension
 

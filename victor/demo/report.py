@@ -1,7 +1,7 @@
 """The demo's report: headline table (mean ± std over seeds), paired comparisons with their
 verdicts, what the instrument resolves (controls), probes, reconstruction, sample efficiency,
-figures, how it was made. Reads a plain `DemoResults` record, not the running demo; every
-number it prints is also in `results.json` (both come from `evidence.collect`)."""
+figures, how it was made. Reads a plain `DemoResults` record (`results.py`), not the running
+demo; every number it prints is also in `results.json` (both come from `evidence.collect`)."""
 from __future__ import annotations
 
 import json
@@ -9,45 +9,16 @@ import math
 import platform
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
 
 from victor import __version__
-from victor.tiny.world import WorldPaths
+from victor.demo.results import DemoResults
 
 BENCHMARKS = ("mmbench", "pope", "gqa")
 DECIMALS = {"points": 1, "nats/token": 3, "nats": 3, "SmoothL1": 4, "ratio": 3}
-
-
-@dataclass
-class DemoResults:
-    """What a finished demo run hands to its report."""
-
-    root: Path
-    preset: str
-    precision: str
-    seeds: int
-    arms: list[tuple[str, bool]]  # (name, runs stage 1.5 with comprehension)
-    world: WorldPaths
-    stage1: Path
-    runs: dict  # (arm, seed) -> {"stage1_5", "stage2", "eval": {benchmark: summary}, "probe", ["recon"]}
-    timings: dict[str, float]
-    command: str
-    roles: dict[str, str] = field(default_factory=dict)  # arm -> arm | positive control | negative control
-    comparisons: list = field(default_factory=list)  # [arm, reference, role]: difference = arm - reference
-    sample_efficiency: dict = field(default_factory=dict)  # (arm, share of stage-2 data) -> [stage-2 dir per seed]
-    steps: dict = field(default_factory=dict)
-    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase (all threads)
-    declaration: dict = field(default_factory=dict)  # run.declaration_commit(): where the primary measure was declared
-    started: str = ""  # the run's start (local time, ISO 8601)
-
-    @property
-    def arm_names(self) -> list[str]:
-        return [name for name, _ in self.arms]
-
 
 HEADLINE = [("mmbench", "MMBench acc"), ("mmbench_circular", "MMBench circular"),
             ("mmbench_text", "MMBench acc (option text)"), ("pope", "POPE acc (de-dup.)"), ("pope_auc", "POPE AUC"),

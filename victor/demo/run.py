@@ -34,7 +34,8 @@ from victor.config import ComprehensionConfig, Recipe, parse_recipe
 from victor.demo.declared import DOSES
 from victor.demo.probe import probe_model, split_images
 from victor.demo.recon import reconstruction
-from victor.demo.report import DemoResults, write_report
+from victor.demo.report import write_report
+from victor.demo.results import DemoResults
 from victor.eval.likelihood import run_likelihood
 from victor.eval.run import run_benchmark
 from victor.infer import Generator, Scorer

@@ -20,19 +20,15 @@ a generation run's directory is never resumed as a likelihood run, nor the rever
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
-from .registry import get_benchmark
-from .run import PREDICTIONS, SUMMARY, _check_run_info, _load_image, read_predictions
+from .run import Scoring, _load_image, run_scoring
 from .spec import BenchmarkSpec, EvalItem, public_meta
 
-__all__ = ["candidates", "run_likelihood"]
+__all__ = ["Likelihood", "candidates", "run_likelihood"]
 
 LoglikelihoodFn = Callable[[list, list[str], list[str]], list]
 GROUP_KEYS = ("category", "question_type", "structural", "semantic", "answer_type", "l2-category", "subject")
@@ -106,6 +102,46 @@ def score_records(spec: BenchmarkSpec, items: list[EvalItem], records: dict[str,
     return out
 
 
+class Likelihood(Scoring):
+    """Likelihood scoring as a mode of the runner: ``batch_size`` items go to ``loglikelihood``
+    together (all their candidates in one call); a record keeps every candidate's ``[sum, n]``."""
+
+    name = "likelihood"
+
+    def __init__(self, loglikelihood: LoglikelihoodFn):
+        self.loglikelihood = loglikelihood
+
+    def label(self, spec: BenchmarkSpec) -> str:
+        return f"{spec.name} (likelihood)"
+
+    def check(self, spec: BenchmarkSpec, items: list[EvalItem]) -> None:
+        for it in items:
+            candidates(spec, it)
+
+    def predict(self, spec: BenchmarkSpec, batch: list[EvalItem]) -> list[dict]:
+        images, prompts, conts, owners = [], [], [], []
+        for it in batch:
+            image = _load_image(it)  # one object per item: its candidates share one forward
+            for cand, text in candidates(spec, it).items():
+                images.append(image), prompts.append(it.prompt), conts.append(text)
+                owners.append((it.id, cand))
+        results = self.loglikelihood(images, prompts, conts) if conts else []
+        if len(results) != len(conts):
+            raise RuntimeError(f"loglikelihood returned {len(results)} results for {len(conts)} requests")
+        scores: dict[str, dict] = {it.id: {} for it in batch}
+        for (item_id, cand), res in zip(owners, results):
+            scores[item_id][cand] = [float(res[0]), int(res[1])]
+        return [{"id": it.id, "prompt": it.prompt, "answer": it.answer, "meta": public_meta(it),
+                 "scoring": "likelihood", "loglik": scores[it.id], **decide(it, scores[it.id])} for it in batch]
+
+    def summarize(self, spec: BenchmarkSpec, items: list[EvalItem], records: dict[str, dict],
+                  output_dir: Path) -> dict:
+        chosen = spec.kind in ("multiple_choice", "yes_no")  # a prediction per item; else gold log-likelihoods
+        return {"main_metric": spec.main_metric if chosen else "gold_mean_loglik",
+                "report_metrics": list(spec.report_metrics) if chosen else ["gold_mean_loglik"],
+                "scored": True, **score_records(spec, items, records)}
+
+
 def run_likelihood(
     name: str,
     data: str | os.PathLike,
@@ -120,54 +156,4 @@ def run_likelihood(
 
     ``batch_size`` items go to ``loglikelihood`` together (all their candidates in one call).
     """
-    spec = get_benchmark(name)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_info(output_dir, spec, data, scoring="likelihood")
-    items = spec.load(data, image_root)
-    if limit is not None:
-        items = items[: int(limit)]
-    if len({it.id for it in items}) != len(items):
-        raise ValueError(f"{data}: duplicate item ids; cannot store predictions by id")
-    wanted = {it.id: candidates(spec, it) for it in items}
-
-    pred_path = output_dir / PREDICTIONS
-    done = read_predictions(pred_path)
-    todo = [it for it in items if it.id not in done]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"{spec.name} (likelihood)",
-               disable=not progress, unit="q", dynamic_ncols=True)
-    try:
-        with open(pred_path, "a", encoding="utf-8") as out:
-            for start in range(0, len(todo), max(1, int(batch_size))):
-                batch = todo[start: start + batch_size]
-                images, prompts, conts, owners = [], [], [], []
-                for it in batch:
-                    image = _load_image(it)  # one object per item: its candidates share one forward
-                    for cand, text in wanted[it.id].items():
-                        images.append(image), prompts.append(it.prompt), conts.append(text)
-                        owners.append((it.id, cand))
-                results = loglikelihood(images, prompts, conts) if conts else []
-                if len(results) != len(conts):
-                    raise RuntimeError(f"loglikelihood returned {len(results)} results for {len(conts)} requests")
-                scores: dict[str, dict] = {it.id: {} for it in batch}
-                for (item_id, cand), res in zip(owners, results):
-                    scores[item_id][cand] = [float(res[0]), int(res[1])]
-                for it in batch:
-                    rec = {"id": it.id, "prompt": it.prompt, "answer": it.answer, "meta": public_meta(it),
-                           "scoring": "likelihood", "loglik": scores[it.id], **decide(it, scores[it.id])}
-                    out.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-                    done[it.id] = rec
-                out.flush()
-                os.fsync(out.fileno())
-                bar.update(len(batch))
-    finally:
-        bar.close()
-
-    scored = score_records(spec, items, {it.id: done[it.id] for it in items})
-    summary = {"benchmark": spec.name, "kind": spec.kind, "scoring": "likelihood", "data": str(data),
-               "image_root": None if image_root is None else str(image_root), "n": len(items), "limit": limit,
-               "main_metric": spec.main_metric if spec.kind in ("multiple_choice", "yes_no") else "gold_mean_loglik",
-               "report_metrics": list(spec.report_metrics) if spec.kind in ("multiple_choice", "yes_no")
-               else ["gold_mean_loglik"], "scored": True, **scored}
-    (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return summary
+    return run_scoring(name, data, image_root, Likelihood(loglikelihood), output_dir, batch_size, limit, progress)

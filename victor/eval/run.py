@@ -1,8 +1,13 @@
-"""Run a benchmark with a caller-supplied ``generate`` function, resumably, then score it.
+"""Run a benchmark resumably, then score it: one runner (`run_scoring`) for every scoring mode.
+
+A scoring mode (`Scoring`) turns a batch of items into prediction records and finished records
+into the summary's metrics: `Generation` around a caller-supplied ``generate`` function
+(`run_benchmark`), `victor.eval.likelihood.Likelihood` around a ``loglikelihood`` function
+(`run_likelihood`). The runner does the rest, the same for both.
 
 Layout of ``output_dir``::
 
-    run_info.json      benchmark name + data path (guards against resuming the wrong run)
+    run_info.json      benchmark name + data path [+ scoring mode] (guards against resuming the wrong run)
     predictions.jsonl  one line per item: id, prompt, prediction, answer, meta (flushed per batch)
     summary.json       benchmark, n, metrics, per-category tables, data path
     <submission file>  official upload format where the benchmark has one (MMBench TSV,
@@ -25,7 +30,8 @@ from tqdm import tqdm
 from .registry import get_benchmark
 from .spec import BenchmarkSpec, EvalItem, public_meta
 
-__all__ = ["compare_runs", "format_summary_table", "load_summary", "read_predictions", "run_benchmark"]
+__all__ = ["Generation", "Scoring", "compare_runs", "format_summary_table", "load_summary", "read_predictions",
+           "run_benchmark", "run_scoring"]
 
 GenerateFn = Callable[[list, list[str]], list[str]]
 PREDICTIONS = "predictions.jsonl"
@@ -95,6 +101,128 @@ def _check_run_info(output_dir: Path, spec: BenchmarkSpec, data: Any, scoring: s
         info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
+class Scoring:
+    """One scoring mode of the runner: how a batch of items becomes prediction records, and how
+    the records of a finished run become the summary's scoring fields.
+
+    `run_scoring` owns everything else (reading the benchmark, `run_info.json`, resuming from
+    `predictions.jsonl`, batching, flushing, the summary's header and `summary.json`)."""
+
+    name = "generate"  # recorded in run_info.json (and the summary) unless it is "generate"
+
+    def label(self, spec: BenchmarkSpec) -> str:
+        """The progress bar's description."""
+        return spec.name
+
+    def check(self, spec: BenchmarkSpec, items: list[EvalItem]) -> None:
+        """Refuse a benchmark this mode cannot score, before any prediction is made."""
+
+    def predict(self, spec: BenchmarkSpec, batch: list[EvalItem]) -> list[dict]:
+        """One `predictions.jsonl` record (with `id`) per item of `batch`, in order."""
+        raise NotImplementedError
+
+    def summarize(self, spec: BenchmarkSpec, items: list[EvalItem], records: dict[str, dict],
+                  output_dir: Path) -> dict:
+        """The summary's fields after its header (main_metric, metrics, tables, ...) from every
+        item's record; may write files beside the predictions (submission files)."""
+        raise NotImplementedError
+
+
+class Generation(Scoring):
+    """Generation: ``generate(images, prompts) -> texts``, scored by the benchmark's own ``score``;
+    the official submission file is written where the benchmark has one."""
+
+    def __init__(self, generate: GenerateFn):
+        self.generate = generate
+
+    def predict(self, spec: BenchmarkSpec, batch: list[EvalItem]) -> list[dict]:
+        texts = self.generate([_load_image(it) for it in batch], [it.prompt for it in batch])
+        if isinstance(texts, str) or not isinstance(texts, Sequence) or len(texts) != len(batch):
+            raise RuntimeError(f"generate returned {len(texts) if hasattr(texts, '__len__') else texts!r} "
+                               f"outputs for a batch of {len(batch)}")
+        return [{"id": it.id, "prompt": it.prompt, "prediction": str(text), "answer": it.answer,
+                 "meta": public_meta(it)} for it, text in zip(batch, texts)]
+
+    def summarize(self, spec: BenchmarkSpec, items: list[EvalItem], records: dict[str, dict],
+                  output_dir: Path) -> dict:
+        predictions = {it.id: records[it.id]["prediction"] for it in items}
+        result = spec.score(items, predictions)
+        fields = {
+            "main_metric": spec.main_metric,
+            "report_metrics": list(spec.report_metrics),
+            "scored": result.get("scored", True),
+            "metrics": result["metrics"],
+            "tables": result.get("tables", {}),
+        }
+        if "note" in result:
+            fields["note"] = result["note"]
+        writer = getattr(spec, "write_submission", None)
+        if writer is not None and spec.submission_filename:
+            written = writer(items, predictions, output_dir / spec.submission_filename)
+            fields["submission"] = [os.path.relpath(p, output_dir) for p in written]
+        return fields
+
+
+def run_scoring(
+    name: str,
+    data: str | os.PathLike,
+    image_root: str | os.PathLike | None,
+    scoring: Scoring,
+    output_dir: str | os.PathLike,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score benchmark ``name`` read from ``data`` with ``scoring``; write and return the summary.
+
+    Records are appended to ``output_dir/predictions.jsonl`` after every batch; ids already
+    there are skipped (resume).  ``limit`` keeps the first ``limit`` items.
+    """
+    spec = get_benchmark(name)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_info(output_dir, spec, data, scoring.name)
+
+    items = spec.load(data, image_root)
+    if limit is not None:
+        items = items[: int(limit)]
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{data}: duplicate item ids; cannot store predictions by id")
+    scoring.check(spec, items)
+
+    pred_path = output_dir / PREDICTIONS
+    done = read_predictions(pred_path)
+    todo = [it for it in items if it.id not in done]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=scoring.label(spec),
+               disable=not progress, unit="q", dynamic_ncols=True)
+    try:
+        with open(pred_path, "a", encoding="utf-8") as out:
+            for start in range(0, len(todo), max(1, int(batch_size))):
+                batch = todo[start : start + batch_size]
+                for rec in scoring.predict(spec, batch):
+                    out.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                    done[rec["id"]] = rec
+                out.flush()
+                os.fsync(out.fileno())
+                bar.update(len(batch))
+    finally:
+        bar.close()
+
+    summary = {
+        "benchmark": spec.name,
+        "kind": spec.kind,
+        **({"scoring": scoring.name} if scoring.name != "generate" else {}),
+        "data": str(data),
+        "image_root": None if image_root is None else str(image_root),
+        "n": len(items),
+        "limit": limit,
+        **scoring.summarize(spec, items, {it.id: done[it.id] for it in items}, output_dir),
+    }
+    (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return summary
+
+
 def run_benchmark(
     name: str,
     data: str | os.PathLike,
@@ -112,65 +240,7 @@ def run_benchmark(
     Predictions are appended to ``output_dir/predictions.jsonl`` after every batch; ids
     already there are skipped (resume).  ``limit`` keeps the first ``limit`` items.
     """
-    spec = get_benchmark(name)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_info(output_dir, spec, data)
-
-    items = spec.load(data, image_root)
-    if limit is not None:
-        items = items[: int(limit)]
-    ids = [it.id for it in items]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{data}: duplicate item ids; cannot store predictions by id")
-
-    pred_path = output_dir / PREDICTIONS
-    done = read_predictions(pred_path)
-    todo = [it for it in items if it.id not in done]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=spec.name,
-               disable=not progress, unit="q", dynamic_ncols=True)
-    try:
-        with open(pred_path, "a", encoding="utf-8") as out:
-            for start in range(0, len(todo), max(1, int(batch_size))):
-                batch = todo[start : start + batch_size]
-                texts = generate([_load_image(it) for it in batch], [it.prompt for it in batch])
-                if isinstance(texts, str) or not isinstance(texts, Sequence) or len(texts) != len(batch):
-                    raise RuntimeError(f"generate returned {len(texts) if hasattr(texts, '__len__') else texts!r} "
-                                       f"outputs for a batch of {len(batch)}")
-                for it, text in zip(batch, texts):
-                    rec = {"id": it.id, "prompt": it.prompt, "prediction": str(text),
-                           "answer": it.answer, "meta": public_meta(it)}
-                    out.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-                    done[it.id] = rec
-                out.flush()
-                os.fsync(out.fileno())
-                bar.update(len(batch))
-    finally:
-        bar.close()
-
-    predictions = {it.id: done[it.id]["prediction"] for it in items}
-    result = spec.score(items, predictions)
-    summary = {
-        "benchmark": spec.name,
-        "kind": spec.kind,
-        "data": str(data),
-        "image_root": None if image_root is None else str(image_root),
-        "n": len(items),
-        "limit": limit,
-        "main_metric": spec.main_metric,
-        "report_metrics": list(spec.report_metrics),
-        "scored": result.get("scored", True),
-        "metrics": result["metrics"],
-        "tables": result.get("tables", {}),
-    }
-    if "note" in result:
-        summary["note"] = result["note"]
-    writer = getattr(spec, "write_submission", None)
-    if writer is not None and spec.submission_filename:
-        written = writer(items, predictions, output_dir / spec.submission_filename)
-        summary["submission"] = [os.path.relpath(p, output_dir) for p in written]
-    (output_dir / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return summary
+    return run_scoring(name, data, image_root, Generation(generate), output_dir, batch_size, limit, progress)
 
 
 def _fmt(key: str, value: Any) -> str:

@@ -26,7 +26,8 @@ from victor.data.collate import (
     pad_batch,
     tokenize_with_labels,
 )
-from victor.data.llava import parse_record, read_records
+from victor.data.entries import read_records
+from victor.data.llava import parse_record
 from victor.data.templates import IMAGE_TOKEN
 from victor.tiny.scenes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
 from victor.tiny.world import WorldPaths, load_scenes

@@ -16,7 +16,8 @@ A stage (or `checkpoint-N`) trained with LoRA holds:
 
 `victor merge STAGE --output DIR` folds the adapter into the weights: DIR is a stock checkpoint,
 like a stage trained without LoRA. victor's own loaders (`init_from`, eval, chat) merge an
-unmerged stage's adapter in memory when they load it (both in `victor.model.adapter`).
+unmerged stage's adapter in memory when they load it (`victor merge`: `victor.model.merge`; on
+load: `victor.model.adapter`).
 
 QLoRA (a 4-bit base) is not implemented: it needs bitsandbytes and a GPU, neither of which
 this project's machines have, so it could not be tested.
@@ -72,12 +73,10 @@ def target_regex(llava, targets: str, vision: bool) -> str:
 
 def apply_lora(model: torch.nn.Module, stage, stage_args, counts: dict[str, int]) -> dict[str, int]:
     """Inject adapters when `stage_args.lora_r > 0` and set what trains; -> trainable counts per module
-    (the `counts` given, unchanged, without LoRA)."""
+    (the `counts` given, unchanged, without LoRA). `stage_args` passed `StageArguments.validate`
+    (preflight): no LoRA on stage 1, which does not train the LLM."""
     if not getattr(stage_args, "lora_r", 0):
         return counts
-    if "llm" not in stage.trains:
-        raise ConfigError(f"lora_r={stage_args.lora_r}: stage {stage.name} does not train the LLM; LoRA is for "
-                          "stages 1.5 and 2")
     from peft import LoraConfig, inject_adapter_in_model
 
     from victor.train.stages import MODULES, modules_of

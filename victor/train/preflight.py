@@ -1,5 +1,11 @@
 """Checks a stage's recipe before any weight is loaded: every message names the option.
 
+The options' own values (choices, ranges, combinations) are `Recipe.validate`'s, in
+`victor.config`, run first; what is checked here is the environment the options point at:
+model directories and hub ids, data files, the image folder, the checkpoint's visual token
+count, the attention kernel, a saved pool, the DeepSpeed config, and (once the data and the
+collator exist) whether any probed sample fits `max_length`.
+
 What can only be known after loading (the model's own visual token count when assembling
 from two backbones) is checked right after loading, still before training.
 """
@@ -11,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from victor.config import ConfigError, Recipe, check_choices
+from victor.config import ConfigError, Recipe
 from victor.model.comprehension import check_attention_kernel
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
@@ -57,45 +63,30 @@ def saved_pool(option: str, init_from: str | None, pool_size: int) -> None:
 
 
 def preflight(recipe: Recipe, comprehension: bool) -> None:
+    """The recipe's option values (`Recipe.validate`), then everything they point at."""
+    recipe.validate(comprehension)
     model, data, training = recipe.model, recipe.data, recipe.training
-    for options in (model, data, recipe.stage, recipe.comprehension):
-        check_choices(options)
     if model.init_from:
         model_source("init_from", model.init_from, must_be_checkpoint=True)
-    elif not (model.vision and model.llm):
-        raise ConfigError("set init_from (a previous stage's output) or both vision and llm (hub ids or directories)")
     for option in ("vision", "llm", "tokenizer"):
         if getattr(model, option) and not model.init_from:
             model_source(option, getattr(model, option))
-    files = [f for f in data.data_path.split(",") if f]
-    if not files:
-        raise ConfigError("data_path is empty: give one or more LLaVA JSON/JSONL files (comma-separated), a "
-                          "dataset folder, shards or a mixture YAML")
-    for f in files:
+    for f in filter(None, data.data_path.split(",")):
         if not (os.path.isfile(f) or os.path.isdir(f) or (any(c in f for c in "*?[") and glob.glob(f))):
             raise ConfigError(f"data_path: no such file {f} (nor a folder, nor files matching it)")
     if data.image_root and not os.path.isdir(data.image_root):
         raise ConfigError(f"image_root={data.image_root}: no such directory")
-    if not 0.0 <= data.max_skip_fraction <= 1.0:
-        raise ConfigError(f"max_skip_fraction={data.max_skip_fraction} must be in [0, 1]")
-    if data.skip_window < 1 or data.max_image_pixels < 1:
-        raise ConfigError("skip_window and max_image_pixels must be >= 1")
-    if data.max_length < 8:
-        raise ConfigError(f"max_length={data.max_length} must be >= 8")
     n_visual = visual_tokens_of(model.init_from) if model.init_from else None
     check_max_length(data.max_length, n_visual)
     if comprehension:
-        recipe.comprehension.validate(n_visual)
+        if n_visual is not None:
+            recipe.comprehension.check_visual_tokens(n_visual)
         try:
             check_attention_kernel(recipe.comprehension.attention, model.attn_implementation)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         if recipe.comprehension.pool_init == "checkpoint":
             saved_pool("pool_init=checkpoint", model.init_from, recipe.comprehension.pool_size)
-    for option in ("projector_lr", "llm_lr", "vision_lr"):
-        value = getattr(recipe.stage, option)
-        if value is not None and not value > 0:
-            raise ConfigError(f"{option}={value} must be > 0")
     if isinstance(training.deepspeed, str) and training.deepspeed and not os.path.isfile(training.deepspeed):
         raise ConfigError(f"deepspeed={training.deepspeed}: no such DeepSpeed config file")
 

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def make_model(model_args, dtype=None):
+    model_args.validate()  # e.g. init_from, or both vision and llm
     if model_args.init_from:
         model, processor = load_model(model_args.init_from, dtype=dtype,
                                       attn_implementation=model_args.attn_implementation)
@@ -52,8 +53,6 @@ def make_model(model_args, dtype=None):
         processor.image_processor = image_processor_for(processor.image_processor, model_args.image_aspect_ratio,
                                                         model_args.image_resample)
         return model, processor
-    if not (model_args.vision and model_args.llm):
-        raise ConfigError("set either init_from (a previous stage's output) or both vision and llm")
     return build_model(
         model_args.vision,
         model_args.llm,

@@ -67,6 +67,42 @@ def tiny_llava(backbones):
     return build_model(*backbones)
 
 
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
+
+
+@pytest.fixture(scope="session")
+def colour_corpus(tmp_path_factory):
+    """The tiny training corpus the training, engine and guard tests share: 48 one-colour 32 px images
+    (img/), their captions (captions.json, stage 1) and a one-turn chat about each (chat.json)."""
+    import json
+
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "img").mkdir()
+    captions, chat = [], []
+    for i in range(48):
+        colour = list(COLOURS)[i % 4]
+        Image.new("RGB", (32, 32), COLOURS[colour]).save(root / "img" / f"{i}.png")
+        captions.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": f"a {colour} image ."}]})
+        chat.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\ndescribe the image in detail ."},
+            {"from": "gpt", "value": f"the background is {colour} . there are no objects ."}]})
+    (root / "captions.json").write_text(json.dumps(captions))
+    (root / "chat.json").write_text(json.dumps(chat))
+    return root
+
+
+def corpus_dir(corpus, root, **files):
+    """`root` with the shared corpus's images and the data files a test names them by (symlinks)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "img").symlink_to(corpus / "img", target_is_directory=True)
+    for name, source in files.items():
+        (root / name.replace("_", ".")).symlink_to(corpus / source)
+    return root
+
+
 def train_stage1(backbones, data, image_root, out, steps=2, batch=8):
     """A tiny stage 1 (projector alignment) on `data`: the starting point of the stage-1.5/2 tests."""
     from victor.train.run import train_from_recipe

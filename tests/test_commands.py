@@ -28,6 +28,7 @@ def world(tmp_path_factory):
     return root, listed
 
 
+@pytest.mark.slow
 def test_synth_writes_the_world_it_lists(world):
     root, listed = world
     assert {"stage1", "stage15", "stage2", "val_qa", "mmbench", "pope", "vision", "llm"} <= set(listed)
@@ -39,6 +40,7 @@ def test_synth_writes_the_world_it_lists(world):
     assert rows[0].startswith("index\t") and len(rows) > 4
 
 
+@pytest.mark.slow
 def test_eval_command_scores_a_saved_checkpoint_with_a_limit(world, tmp_path):
     root, listed = world
     model, processor = build_model(listed["vision"], listed["llm"], vision_feature_layer=-1)
@@ -92,6 +94,7 @@ def _end_group_worker(rank, init_file, out_dir):
         json.dump({"arrived": arrived, "left": time.time(), "still_initialized": dist.is_initialized()}, f)
 
 
+@pytest.mark.slow
 def test_a_finished_rank_waits_for_the_others_before_tearing_down_the_group(tmp_path):
     """The CI abort ("terminate called without an active exception" on rank 0 after a 2-process
     run): a rank that finished early left while rank 0 still wrote. Now every rank meets first."""

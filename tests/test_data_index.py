@@ -144,6 +144,7 @@ def test_victor_data_index_builds_and_reports(tmp_path, capsys):
     os.remove(path)
 
 
+@pytest.mark.slow
 def test_victor_bench_data_memory_runs_and_prints_its_table(tmp_path, capsys):
     """The bench behind the README's memory table, at a toy size (fresh processes, 1 worker)."""
     main(["bench", "data", "memory", "--records", "300", "--workers", "1", "--dir", str(tmp_path)])
@@ -158,6 +159,7 @@ def _open_and_read(path):
     return len(dataset), dataset.read_text(len(dataset) - 1).id
 
 
+@pytest.mark.slow
 def test_ranks_opening_a_new_file_together_build_one_index(tmp_path):
     """What torchrun's ranks do on first use: one builds under the lock, the others wait and reuse."""
     import multiprocessing

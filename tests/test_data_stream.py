@@ -264,6 +264,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_ranks_train_an_odd_stream_with_equal_steps(trained_setup, tmp_path):
     """19 samples, batch 3 on 2 ranks: 10 slots per rank (rank 1: 9 samples + 1 padding), 4
     micro-batches each; rank 1's last micro-batch is padding only, so it runs the placeholder

@@ -8,6 +8,8 @@ import pytest
 
 from victor.demo.report import format_comparison, format_t, pm
 
+pytestmark = pytest.mark.slow  # multi-process / full-pipeline: `pytest -m "not slow"` leaves it out
+
 ARMS = ("baseline", "victor", "baseline[seed+100]", "baseline[stage 2 x0.25]", "baseline[stage 2 x0.5]",
         "victor[matching=nearest]")
 VERDICTS = {"better", "worse", "no difference resolved"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
+from conftest import corpus_dir
 from transformers import TrainerCallback
 
 from victor.config import parse_recipe
@@ -21,16 +21,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("guards")
-    (root / "img").mkdir()
-    records = []
-    for i in range(16):
-        Image.new("RGB", (32, 32), (15 * i, 100, 200)).save(root / "img" / f"{i}.png")
-        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a blue image ."}]})
-    (root / "d.json").write_text(json.dumps(records))
-    return root
+def data(colour_corpus, tmp_path_factory):
+    return corpus_dir(colour_corpus, tmp_path_factory.mktemp("guards"), d_json="captions.json")
 
 
 def recipe(backbones, data, out, steps, max_nonfinite):
@@ -111,6 +103,7 @@ def worker_run(stage1, data, out, engine, bad_steps, steps=4, max_nonfinite=3):
     return json.loads(result.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["zero3-offload", "zero3", "zero2"])
 def test_a_nan_step_is_skipped_and_counted_with_the_optimizer_each_engine_substitutes(stage1, data, tmp_path, engine):
     """accelerate swaps our AdamW for DeepSpeedCPUAdam under ZeRO-Offload (a stand-in class here: the
@@ -122,6 +115,7 @@ def test_a_nan_step_is_skipped_and_counted_with_the_optimizer_each_engine_substi
     assert run["nonfinite_steps_skipped"] == 1 and run["logged"] == [0, 1, 1, 1]
 
 
+@pytest.mark.slow
 def test_too_many_in_a_row_stop_a_zero_offload_run(stage1, data, tmp_path):
     run = worker_run(stage1, data, tmp_path / "z3o", "zero3-offload", bad_steps=set(range(2, 20)), steps=10,
                      max_nonfinite=2)

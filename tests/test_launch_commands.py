@@ -23,6 +23,8 @@ from PIL import Image
 from victor.config import ConfigError, parse_recipe
 from victor.train.engine import fsdp_plugin, one_activation_checkpointing
 
+pytestmark = pytest.mark.slow  # multi-process / full-pipeline: `pytest -m "not slow"` leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PUBLISHED_GLOBAL_BATCH = {"1": 256, "1.5": 128, "2": 128}

@@ -194,6 +194,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ddp", "zero2"])
 def test_two_processes_train_the_adapter_one_process_trains(setup, one_process, engine):
     out = setup / engine

@@ -58,6 +58,7 @@ def test_zero_stages_partition_as_documented():
     assert offload["bytes"]["weights"] == offload["bytes"]["optimizer"] == 0
 
 
+@pytest.mark.slow
 def test_command_prints_the_table_and_refuses_unknown_backbones(tmp_path):
     out = subprocess.run([sys.executable, "-m", "victor.cli", "estimate-memory",
                           str(RECIPES / "victor-7b" / "stage1_5.yaml"), "--gpus", "8", "--zero", "3",

@@ -150,6 +150,7 @@ def test_micro_batch_normalisation_is_the_declared_exception(corpus, tmp_path):
 ENGINES = {"ddp": [], "zero2": ["zero2.json"], "zero3": ["zero3.json"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_two_processes_with_accumulation_train_what_one_big_batch_does(corpus, tmp_path, engine):
     """2 processes x (batch 2, accumulation 2) against 1 process x (8, 1), reconstruction weight 10."""

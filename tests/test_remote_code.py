@@ -214,6 +214,7 @@ def test_stock_llava_checkpoint_carries_no_remote_code(tiny_llava, tmp_path):
     assert "auto_map" not in json.loads((tmp_path / "config.json").read_text())
 
 
+@pytest.mark.slow
 def test_victor_free_interpreter_loads_the_same_model(checkpoints, tmp_path):
     report = run_victor_free(checkpoints, tmp_path)
     assert report["victor_modules"] == []

@@ -17,6 +17,8 @@ from victor.config import parse_recipe
 from victor.train.checkpoint import CheckpointError, checkpoint_engine, deepspeed_world_size, resolve_resume
 from victor.train.run import train_stage
 
+pytestmark = pytest.mark.slow  # multi-process / full-pipeline: `pytest -m "not slow"` leaves it out
+
 ZERO3 = str(resources.files("victor") / "recipes" / "deepspeed" / "zero3.json")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 

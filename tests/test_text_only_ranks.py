@@ -113,6 +113,7 @@ def text_only_on_one_rank_only(out) -> bool:
     return bool(set(per_rank[0]) ^ set(per_rank[1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["2", "1.5"])
 def test_zero3_with_text_only_micro_batches_on_one_rank_trains_what_ddp_trains(mixed, tmp_path, stage):
     def args(out, extra):
@@ -130,6 +131,7 @@ def test_zero3_with_text_only_micro_batches_on_one_rank_trains_what_ddp_trains(m
     assert differences(a, b) <= 1e-5
 
 
+@pytest.mark.slow
 def test_zero3_in_bf16_runs_stage15_and_saves_a_checkpoint_that_reloads_equal(mixed, tmp_path):
     """The 7B recipes' engine and precision, one process: the pool and head are built in the
     LLM's dtype, so ZeRO-3 flattens one dtype (before: an assertion inside deepspeed.initialize)."""

@@ -98,6 +98,7 @@ def test_changing_a_slot_changes_only_what_follows_it(setup):
     assert (la[fifth:] - lb[fifth:]).abs().amax() > 1e-3
 
 
+@pytest.mark.slow
 def test_pretraining_teaches_the_llm_to_read_the_slots(setup, tmp_path):
     """After a short pretraining the answers depend on the scene: the loss with each example's
     own slots is clearly lower than with another example's slots."""

@@ -7,28 +7,14 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainerCallback
 
+from conftest import COLOURS
+
 from victor.config import parse_recipe
 from victor.train.run import train_from_recipe, train_stage
 
-COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    (root / "img").mkdir()
-    captions, chat = [], []
-    for i in range(48):
-        colour = list(COLOURS)[i % 4]
-        Image.new("RGB", (32, 32), COLOURS[colour]).save(root / "img" / f"{i}.png")
-        captions.append({"id": str(i), "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>"}, {"from": "gpt", "value": f"a {colour} image ."}]})
-        chat.append({"id": str(i), "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\ndescribe the image in detail ."},
-            {"from": "gpt", "value": f"the background is {colour} . there are no objects ."}]})
-    (root / "captions.json").write_text(json.dumps(captions))
-    (root / "chat.json").write_text(json.dumps(chat))
-    return root
+def data(colour_corpus):
+    return colour_corpus
 
 
 def common(data, out, data_file, steps=24, lr="5e-3"):
@@ -229,6 +215,7 @@ def test_stage15_resume_from_checkpoint_is_exact(backbones, data, stage_outputs,
             assert torch.equal(a[key], b[key]), (name, key)  # bit for bit, as the README says
 
 
+@pytest.mark.slow
 def test_two_process_ddp_stage15_loss_composition(stage_outputs, data, tmp_path):
     """torchrun with 2 CPU processes (gloo): trains, and the logged loss is lm + 10 * recon."""
     import os

@@ -269,12 +269,17 @@ def test_distinct_argmins_are_the_answer():
 
 
 def test_matching_benchmark_runs_small_and_agrees_with_scipy():
-    from victor.bench.matching import format_table, run_benchmark
+    from victor.bench.matching import format_explain, format_table, run_benchmark
 
     rows = run_benchmark(images=2, masked=24, pool=64, dim=16, threads=1, seed=0, clusters=4, noise=1.0, repeats=1)
     assert {r["init"] for r in rows} == {"unit", "tokens", "paper"}
     assert all(r["total_cost_equal"] for r in rows)
     assert "speedup" in format_table(rows)
+    explain = format_explain(rows).splitlines()
+    assert "path mean" in explain[0] and len(explain) == 2 + len(rows)
+    for r in rows:  # the lazy solver searches once per row its initial phase left free
+        if not r["dense_images"]:
+            assert r["stats"]["augmentations"] == 24 - r["stats"]["greedy"]
 
 
 def test_shape_errors_name_the_shape():
@@ -293,3 +298,45 @@ def test_nearest_on_a_list_of_costs_is_the_argmin_of_each():
     costs = [torch.rand(3, 5), torch.rand(4, 5)]
     rows = assign(costs, "nearest")
     assert isinstance(rows, list) and [r.tolist() for r in rows] == [c.argmin(-1).tolist() for c in costs]
+
+
+# ------------------------------------------------------------------ diagnostics
+
+
+def test_stats_of_a_hand_solved_instance():
+    """Row 0 takes column 0 at once; row 1 wants it too, and the cheapest way is to move row 0
+    to column 1 (total 1 + 0 < 0 + 2): one augmentation along a path of two rows, both row
+    duals rise by 1 and column 0's price falls to -1."""
+    cost = np.array([[[0.0, 1.0, 5.0, 5.0], [0.0, 2.0, 5.0, 5.0]]])
+    out, status, (st,) = lap.solve_with_stats(cost, threads=1)
+    assert out.tolist() == [[1, 0]] and status.tolist() == [lap.OK]
+    assert st["greedy"] == 1 and st["augmentations"] == 1
+    assert st["path_rows"] == 2 and st["path_max"] == 2
+    assert st["scans"] == 2 and st["settled"] == 2  # root, then row 0 via column 0; column 1 is the sink
+    assert st["u_rise_mean"] == 1.0 and st["u_rise_max"] == 1.0
+    assert st["v_cols"] == 1 and st["v_depth_max"] == 1.0 and st["dense"] == 0
+
+
+def test_stats_count_one_search_per_row_the_initial_phase_left_free():
+    rng = np.random.default_rng(21)
+    pool = unit_pool(rng, 512, 32)
+    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 150, 32, 4, 1.0), pool) for _ in range(3)])
+    plain = lap.solve(costs.numpy(), threads=1)
+    out, status, stats = lap.solve_with_stats(costs.numpy(), threads=1)
+    assert np.array_equal(out, plain)  # recording changes nothing
+    for b, st in enumerate(stats):
+        assert status[b] == lap.OK and st["dense"] == 0
+        assert 0 < st["greedy"] < 150 and st["augmentations"] == 150 - st["greedy"]
+        assert st["augmentations"] <= st["path_rows"] <= st["path_max"] * st["augmentations"]
+        assert st["scans"] == st["settled"]  # every settled column but the sink leads to a scan, plus the root
+        assert_optimal(costs[b], out[b])
+
+
+def test_stats_of_the_dense_fallback():
+    """Every row prefers the same columns in the same order: only one row starts assigned, the
+    dense solver runs one search per row."""
+    cost = np.tile(np.arange(20.0), (9, 1))[None]
+    out, status, (st,) = lap.solve_with_stats(cost, threads=1)
+    assert status.tolist() == [lap.DENSE] and st["dense"] == 1
+    assert st["greedy"] == 1 and st["augmentations"] == 9
+    assert sorted(out[0].tolist()) == list(range(9))

@@ -155,16 +155,19 @@ def _relax(C, r, d, ur, lo_val, hi_val, order_row, q_r, v, spc, path, done, touc
 
 @njit(cache=True, inline="always")
 def _augment(sink, root, path, row4col, col4row):
-    """Flip the alternating path that Dijkstra found from ``root`` to the free column ``sink``."""
+    """Flip the alternating path that Dijkstra found from ``root`` to the free column ``sink``;
+    returns the number of rows on it (1: the root takes a free column directly)."""
     j = sink
+    rows = 1
     while True:
         r = path[j]
         row4col[j] = r
         prev = col4row[r]
         col4row[r] = j
         if r == root:
-            return
+            return rows
         j = prev
+        rows += 1
 
 
 #: Status codes of `_solve_one`: solved; a NaN/inf cost; costs too uniform across rows for lazy
@@ -175,10 +178,50 @@ OK, NOT_FINITE, DENSE = 0, 1, 2
 MIN_GREEDY_SHARE = 0.25
 MAX_READS = 4
 
+#: Per-instance diagnostics of `solve_with_stats`, in this order (cost units for the duals).
+STATS = (
+    "greedy",         # rows the initial phase assigns (a row whose cheapest column is still free)
+    "augmentations",  # Dijkstra searches, one per row the initial phase left free
+    "path_rows",      # rows on the augmenting paths, all searches together (1 per search at least)
+    "path_max",       # rows on the longest augmenting path
+    "scans",          # rows Dijkstra scanned (roots included), all searches together
+    "settled",        # columns Dijkstra settled, all searches together
+    "entries",        # cost entries Dijkstra relaxed: the work
+    "u_rise_mean",    # row dual at the end minus the row's cheapest cost, mean over rows
+    "u_rise_max",     # ... and its largest value
+    "v_cols",         # columns whose dual fell below 0 (prices on contested columns)
+    "v_depth_max",    # the largest such price, -min(v)
+    "dense",          # 1 when the instance was solved by the dense fallback
+)
+N_STATS = len(STATS)
+
 
 @njit(cache=True)
-def _solve_one(C, col4row):
-    """Assign the rows of ``C [n, m]`` to distinct columns in ``col4row [n]``; returns a status."""
+def _dual_stats(st, u, rowmin, v):
+    """Record how far the duals moved: ``u - rowmin`` per row and the negative ``v``."""
+    n = u.shape[0]
+    total, top = 0.0, 0.0
+    for i in range(n):
+        x = u[i] - rowmin[i]
+        total += x
+        top = max(top, x)
+    st[7] = total / n
+    st[8] = top
+    cols, depth = 0, 0.0
+    for j in range(v.shape[0]):
+        if v[j] < 0:
+            cols += 1
+            depth = max(depth, -v[j])
+    st[9] = cols
+    st[10] = depth
+
+
+@njit(cache=True)
+def _solve_one(C, col4row, st):
+    """Assign the rows of ``C [n, m]`` to distinct columns in ``col4row [n]``; returns a status.
+
+    ``st``: `STATS` are written there when it has room for them (length 0: not recorded)."""
+    want = st.shape[0] >= N_STATS
     n, m = C.shape
     nb = (m + BLOCK - 1) // BLOCK
     inf = np.inf
@@ -209,6 +252,8 @@ def _solve_one(C, col4row):
                     col4row[i] = j
                     taken += 1
                 break
+    if want:
+        st[0] = taken
     if taken < MIN_GREEDY_SHARE * n:
         return DENSE
     budget = MAX_READS * n * nb  # blocks read before giving up
@@ -223,10 +268,12 @@ def _solve_one(C, col4row):
     keys = np.empty(m + n, np.float64)
     items = np.empty(m + n, np.int64)
     pos = np.full(m + n, -1, np.int64)
+    n_aug = n_path = path_max = n_scans = n_settled = n_entries = 0
 
     for root in range(n):
         if col4row[root] >= 0:
             continue
+        n_aug += 1
         n_touched = 0
         n_scanned = 0
         size = 0
@@ -239,6 +286,8 @@ def _solve_one(C, col4row):
             budget -= q[r]
             if budget < 0:
                 return DENSE
+            n_scans += lo_val == -inf  # a row reached (not one reading further)
+            n_entries += q[r] * BLOCK
             n_touched, size = _relax(C, r, d, u[r], lo_val, t[r], order[r], q[r], v, spc, path, done,
                                      touched, n_touched, keys, items, pos, size)
             if t[r] < inf:  # its unread entries cost >= t[r]: come back when Dijkstra gets there
@@ -252,6 +301,7 @@ def _solve_one(C, col4row):
                 t[r] = _raise_level(bmin[r], t[r], order[r], q, r)
                 continue
             done[item] = True
+            n_settled += 1
             if row4col[item] < 0:
                 sink, min_val = item, key
                 break
@@ -273,7 +323,15 @@ def _solve_one(C, col4row):
                 v[j] -= min_val - spc[j]
             spc[j] = inf
             done[j] = False
-        _augment(sink, root, path, row4col, col4row)
+        rows = _augment(sink, root, path, row4col, col4row)
+        n_path += rows
+        path_max = max(path_max, rows)
+    if want:
+        st[1], st[2], st[3], st[4], st[5], st[6] = n_aug, n_path, path_max, n_scans, n_settled, n_entries
+        rowmin = np.empty(n)
+        for i in range(n):
+            rowmin[i] = bmin[i].min()
+        _dual_stats(st, u, rowmin, v)
     return OK
 
 
@@ -281,6 +339,14 @@ def _solve_one(C, col4row):
 def _solve_dense(C, col4row):
     """Plain shortest augmenting path on the dense matrix (Crouse 2016): for costs where the
     lazy solver gives up, e.g. when every row prefers the same few columns."""
+    _dense(C, col4row, np.empty(0))
+
+
+@njit(cache=True)
+def _dense(C, col4row, st):
+    """`_solve_dense`, recording `STATS` in ``st`` when it has room for them."""
+    want = st.shape[0] >= N_STATS
+    n_path = path_max = n_scans = n_settled = n_entries = 0
     n, m = C.shape
     inf = np.inf
     u = np.zeros(n)
@@ -304,6 +370,8 @@ def _solve_dense(C, col4row):
         sink = -1
         while sink < 0:
             in_tree[i] = True
+            n_scans += 1
+            n_entries += n_remaining
             best, at = inf, -1
             ui = u[i]
             for k in range(n_remaining):
@@ -317,6 +385,7 @@ def _solve_dense(C, col4row):
             min_val = best
             j = remaining[at]
             settled[j] = True
+            n_settled += 1
             n_remaining -= 1
             remaining[at] = remaining[n_remaining]
             if row4col[j] < 0:
@@ -330,15 +399,24 @@ def _solve_dense(C, col4row):
         for j in range(m):
             if settled[j]:
                 v[j] -= min_val - spc[j]
-        _augment(sink, root, path, row4col, col4row)
+        rows = _augment(sink, root, path, row4col, col4row)
+        n_path += rows
+        path_max = max(path_max, rows)
+    if want:
+        st[1], st[2], st[3], st[4], st[5], st[6] = n, n_path, path_max, n_scans, n_settled, n_entries
+        rowmin = np.empty(n)
+        for i in range(n):
+            rowmin[i] = C[i].min()
+        _dual_stats(st, u, rowmin, v)
+        st[11] = 1
 
 
 @njit(cache=True, parallel=True)
-def _solve_batch(C, out, status):
+def _solve_batch(C, out, status, stats):
     for b in prange(C.shape[0]):
-        status[b] = _solve_one(C[b], out[b])
+        status[b] = _solve_one(C[b], out[b], stats[b])
         if status[b] == DENSE:
-            _solve_dense(C[b], out[b])
+            _dense(C[b], out[b], stats[b])
 
 
 class NonFiniteCost(ValueError):
@@ -356,6 +434,18 @@ def solve(cost: np.ndarray, threads: int | None = None) -> np.ndarray:
 
 def solve_with_status(cost: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`solve`, plus each instance's status: ``OK`` (lazy solver) or ``DENSE`` (dense fallback)."""
+    out, status, _ = _run(cost, threads, stats=False)
+    return out, status
+
+
+def solve_with_stats(cost: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """`solve_with_status`, plus one dict of `STATS` per instance (what the solver did; for
+    benchmarks and diagnosis, the plain call records nothing)."""
+    out, status, stats = _run(cost, threads, stats=True)
+    return out, status, [dict(zip(STATS, row.tolist())) for row in stats]
+
+
+def _run(cost, threads, stats):
     if cost.ndim != 3:
         raise ValueError(f"expected a [B, n, m] array, got shape {cost.shape}")
     B, n, m = cost.shape
@@ -365,14 +455,15 @@ def solve_with_status(cost: np.ndarray, threads: int | None = None) -> tuple[np.
         raise TypeError(f"costs must be float32 or float64, got {cost.dtype}")
     out = np.empty((B, n), np.int64)
     status = np.zeros(B, np.int64)
+    record = np.zeros((B, N_STATS if stats else 0))
     if n and B:
         previous = numba.get_num_threads()
         numba.set_num_threads(max(1, min(threads or previous, numba.config.NUMBA_NUM_THREADS, B)))
         try:
-            _solve_batch(np.ascontiguousarray(cost), out, status)
+            _solve_batch(np.ascontiguousarray(cost), out, status, record)
         finally:
             numba.set_num_threads(previous)
     bad = np.flatnonzero(status == NOT_FINITE)
     if bad.size:
         raise NonFiniteCost(f"cost matrix {int(bad[0])} of {B} has NaN or infinite entries")
-    return out, status
+    return out, status, record

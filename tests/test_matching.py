@@ -91,7 +91,8 @@ def test_token_seeded_pool_matches_scipy():
 
 
 def test_paper_init_where_row_norms_dominate():
-    """std-1 pool rows: (nearly) every token wants the same pool row; the dense path is exact."""
+    """std-1 pool rows: (nearly) every token wants the same pool row; the reduction (and, without
+    it, the dense path) is exact."""
     rng = np.random.default_rng(3)
     tokens = clustered_tokens(rng, 80, 256, 4, 1.0)
     pool = torch.tensor(rng.standard_normal((768, 256)), dtype=torch.float32)
@@ -99,7 +100,10 @@ def test_paper_init_where_row_norms_dominate():
     assert len(torch.unique(cost.argmin(-1))) <= 3  # nearly every token wants the same row
     assert_optimal(cost, hungarian_assignment(cost))
     _, status = lap.solve_with_status(cost[None].numpy())
-    assert status.tolist() == [lap.DENSE]
+    assert status.tolist() == [lap.REDUCED]
+    out, status, (st,) = lap.solve_with_stats(cost[None].numpy(), reduce=False)
+    assert status.tolist() == [lap.DENSE] and st["greedy"] <= 3
+    assert_optimal(cost, out[0])
 
 
 def test_dense_path_alone_matches_scipy():
@@ -276,10 +280,12 @@ def test_matching_benchmark_runs_small_and_agrees_with_scipy():
     assert all(r["total_cost_equal"] for r in rows)
     assert "speedup" in format_table(rows)
     explain = format_explain(rows).splitlines()
-    assert "path mean" in explain[0] and len(explain) == 2 + len(rows)
-    for r in rows:  # the lazy solver searches once per row its initial phase left free
-        if not r["dense_images"]:
-            assert r["stats"]["augmentations"] == 24 - r["stats"]["greedy"]
+    assert "path mean" in explain[0] and len(explain) == 2 + sum(len(r["explain"]) for r in rows)
+    for r in rows:
+        st = r["explain"][0]  # as solved; then, if the reduction ran, without it
+        assert len(r["explain"]) == 1 + (r["reduced_images"] > 0)
+        if st["solver"] == "lazy":  # one search per row the initial phase left free
+            assert st["augmentations"] == 24 - st["greedy"]
 
 
 def test_shape_errors_name_the_shape():
@@ -340,3 +346,43 @@ def test_stats_of_the_dense_fallback():
     assert status.tolist() == [lap.DENSE] and st["dense"] == 1
     assert st["greedy"] == 1 and st["augmentations"] == 9
     assert sorted(out[0].tolist()) == list(range(9))
+
+
+# ------------------------------------------------------------------ the reduction for shared preferences
+
+
+def test_reduction_keeps_the_columns_no_n_others_dominate():
+    """Column j costs j plus row noise below 0.1: every row prefers column 0, then 1, ... Columns
+    8.. are dominated by columns 0..7 (cost >= 8 > 7.1), so 8 rows keep 8 columns, no dummies."""
+    rng = np.random.default_rng(5)
+    cost = np.arange(20.0)[None] + 0.1 * rng.random((8, 20))
+    out, status, (st,) = lap.solve_with_stats(cost[None], threads=1)
+    assert status.tolist() == [lap.REDUCED] and st["reduced"] == 1 and st["dense"] == 0
+    assert st["greedy"] == 1  # on the raw costs: only one row gets column 0
+    assert st["kept_cols"] == 8 and st["dummy_rows"] == 0
+    assert sorted(out[0].tolist()) == list(range(8))
+    assert_optimal(torch.from_numpy(cost), out[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reduction_matches_scipy_on_column_dominated_costs(seed):
+    """A per-column term dominates: rectangular (dummy rows), square, with integer ties, and
+    std-normal pool rows; each solved after the reduction and optimal."""
+    rng = np.random.default_rng(100 + seed)
+    cases = []
+    for _ in range(6):
+        n = int(rng.integers(8, 90))
+        m = int(rng.integers(n, 2 * n + 10))
+        cases.append(rng.random(m)[None] * 10 + rng.random((n, m)) * rng.choice([0.05, 0.5, 2.0]))
+        cases.append(rng.random(n)[None] * 5 + rng.random((n, n)) * 0.1)
+        cases.append((rng.integers(0, 5, m)[None] * 3 + rng.integers(0, 3, (n, m))).astype(np.float64))
+        x = torch.nn.functional.normalize(torch.tensor(rng.standard_normal((n, 32)), dtype=torch.float32), dim=-1)
+        cases.append(euclidean_cost(x, torch.tensor(rng.standard_normal((m, 32)), dtype=torch.float32)).numpy())
+    reduced = 0
+    for cost in cases:
+        out, status, (st,) = lap.solve_with_stats(cost[None], threads=1)
+        reduced += int(status[0] == lap.REDUCED)
+        if status[0] == lap.REDUCED:
+            assert st["kept_cols"] >= cost.shape[0] and st["dummy_rows"] == st["kept_cols"] - cost.shape[0]
+        assert_optimal(torch.from_numpy(cost), out[0])
+    assert reduced >= len(cases) // 2

@@ -91,7 +91,8 @@ def test_token_seeded_pool_matches_scipy():
 
 
 def test_paper_init_where_row_norms_dominate():
-    """std-1 pool rows: (nearly) every token wants the same pool row; the dense path is exact."""
+    """std-1 pool rows: (nearly) every token wants the same pool row; the reduction (and, without
+    it, the dense path) is exact."""
     rng = np.random.default_rng(3)
     tokens = clustered_tokens(rng, 80, 256, 4, 1.0)
     pool = torch.tensor(rng.standard_normal((768, 256)), dtype=torch.float32)
@@ -99,7 +100,10 @@ def test_paper_init_where_row_norms_dominate():
     assert len(torch.unique(cost.argmin(-1))) <= 3  # nearly every token wants the same row
     assert_optimal(cost, hungarian_assignment(cost))
     _, status = lap.solve_with_status(cost[None].numpy())
-    assert status.tolist() == [lap.DENSE]
+    assert status.tolist() == [lap.REDUCED]
+    out, status, (st,) = lap.solve_with_stats(cost[None].numpy(), reduce=False)
+    assert status.tolist() == [lap.DENSE] and st["greedy"] <= 3
+    assert_optimal(cost, out[0])
 
 
 def test_dense_path_alone_matches_scipy():
@@ -269,12 +273,19 @@ def test_distinct_argmins_are_the_answer():
 
 
 def test_matching_benchmark_runs_small_and_agrees_with_scipy():
-    from victor.bench.matching import format_table, run_benchmark
+    from victor.bench.matching import format_explain, format_table, run_benchmark
 
     rows = run_benchmark(images=2, masked=24, pool=64, dim=16, threads=1, seed=0, clusters=4, noise=1.0, repeats=1)
     assert {r["init"] for r in rows} == {"unit", "tokens", "paper"}
     assert all(r["total_cost_equal"] for r in rows)
     assert "speedup" in format_table(rows)
+    explain = format_explain(rows).splitlines()
+    assert "path mean" in explain[0] and len(explain) == 2 + sum(len(r["explain"]) for r in rows)
+    for r in rows:
+        st = r["explain"][0]  # as solved; then, if the reduction ran, without it
+        assert len(r["explain"]) == 1 + (r["reduced_images"] > 0)
+        if st["solver"] == "lazy":  # one search per row the initial phase left free
+            assert st["augmentations"] == 24 - st["greedy"]
 
 
 def test_shape_errors_name_the_shape():
@@ -293,3 +304,85 @@ def test_nearest_on_a_list_of_costs_is_the_argmin_of_each():
     costs = [torch.rand(3, 5), torch.rand(4, 5)]
     rows = assign(costs, "nearest")
     assert isinstance(rows, list) and [r.tolist() for r in rows] == [c.argmin(-1).tolist() for c in costs]
+
+
+# ------------------------------------------------------------------ diagnostics
+
+
+def test_stats_of_a_hand_solved_instance():
+    """Row 0 takes column 0 at once; row 1 wants it too, and the cheapest way is to move row 0
+    to column 1 (total 1 + 0 < 0 + 2): one augmentation along a path of two rows, both row
+    duals rise by 1 and column 0's price falls to -1."""
+    cost = np.array([[[0.0, 1.0, 5.0, 5.0], [0.0, 2.0, 5.0, 5.0]]])
+    out, status, (st,) = lap.solve_with_stats(cost, threads=1)
+    assert out.tolist() == [[1, 0]] and status.tolist() == [lap.OK]
+    assert st["greedy"] == 1 and st["augmentations"] == 1
+    assert st["path_rows"] == 2 and st["path_max"] == 2
+    assert st["scans"] == 2 and st["settled"] == 2  # root, then row 0 via column 0; column 1 is the sink
+    assert st["u_rise_mean"] == 1.0 and st["u_rise_max"] == 1.0
+    assert st["v_cols"] == 1 and st["v_depth_max"] == 1.0 and st["dense"] == 0
+
+
+def test_stats_count_one_search_per_row_the_initial_phase_left_free():
+    rng = np.random.default_rng(21)
+    pool = unit_pool(rng, 512, 32)
+    costs = torch.stack([euclidean_cost(clustered_tokens(rng, 150, 32, 4, 1.0), pool) for _ in range(3)])
+    plain = lap.solve(costs.numpy(), threads=1)
+    out, status, stats = lap.solve_with_stats(costs.numpy(), threads=1)
+    assert np.array_equal(out, plain)  # recording changes nothing
+    for b, st in enumerate(stats):
+        assert status[b] == lap.OK and st["dense"] == 0
+        assert 0 < st["greedy"] < 150 and st["augmentations"] == 150 - st["greedy"]
+        assert st["augmentations"] <= st["path_rows"] <= st["path_max"] * st["augmentations"]
+        assert st["scans"] == st["settled"]  # every settled column but the sink leads to a scan, plus the root
+        assert_optimal(costs[b], out[b])
+
+
+def test_stats_of_the_dense_fallback():
+    """Every row prefers the same columns in the same order: only one row starts assigned, the
+    dense solver runs one search per row."""
+    cost = np.tile(np.arange(20.0), (9, 1))[None]
+    out, status, (st,) = lap.solve_with_stats(cost, threads=1)
+    assert status.tolist() == [lap.DENSE] and st["dense"] == 1
+    assert st["greedy"] == 1 and st["augmentations"] == 9
+    assert sorted(out[0].tolist()) == list(range(9))
+
+
+# ------------------------------------------------------------------ the reduction for shared preferences
+
+
+def test_reduction_keeps_the_columns_no_n_others_dominate():
+    """Column j costs j plus row noise below 0.1: every row prefers column 0, then 1, ... Columns
+    8.. are dominated by columns 0..7 (cost >= 8 > 7.1), so 8 rows keep 8 columns, no dummies."""
+    rng = np.random.default_rng(5)
+    cost = np.arange(20.0)[None] + 0.1 * rng.random((8, 20))
+    out, status, (st,) = lap.solve_with_stats(cost[None], threads=1)
+    assert status.tolist() == [lap.REDUCED] and st["reduced"] == 1 and st["dense"] == 0
+    assert st["greedy"] == 1  # on the raw costs: only one row gets column 0
+    assert st["kept_cols"] == 8 and st["dummy_rows"] == 0
+    assert sorted(out[0].tolist()) == list(range(8))
+    assert_optimal(torch.from_numpy(cost), out[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reduction_matches_scipy_on_column_dominated_costs(seed):
+    """A per-column term dominates: rectangular (dummy rows), square, with integer ties, and
+    std-normal pool rows; each solved after the reduction and optimal."""
+    rng = np.random.default_rng(100 + seed)
+    cases = []
+    for _ in range(6):
+        n = int(rng.integers(8, 90))
+        m = int(rng.integers(n, 2 * n + 10))
+        cases.append(rng.random(m)[None] * 10 + rng.random((n, m)) * rng.choice([0.05, 0.5, 2.0]))
+        cases.append(rng.random(n)[None] * 5 + rng.random((n, n)) * 0.1)
+        cases.append((rng.integers(0, 5, m)[None] * 3 + rng.integers(0, 3, (n, m))).astype(np.float64))
+        x = torch.nn.functional.normalize(torch.tensor(rng.standard_normal((n, 32)), dtype=torch.float32), dim=-1)
+        cases.append(euclidean_cost(x, torch.tensor(rng.standard_normal((m, 32)), dtype=torch.float32)).numpy())
+    reduced = 0
+    for cost in cases:
+        out, status, (st,) = lap.solve_with_stats(cost[None], threads=1)
+        reduced += int(status[0] == lap.REDUCED)
+        if status[0] == lap.REDUCED:
+            assert st["kept_cols"] >= cost.shape[0] and st["dummy_rows"] == st["kept_cols"] - cost.shape[0]
+        assert_optimal(torch.from_numpy(cost), out[0])
+    assert reduced >= len(cases) // 2

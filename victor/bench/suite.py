@@ -305,10 +305,12 @@ def write_report(path: str, machine: str, peaks: dict, steps: list[dict], profil
             f"{r['plain_mib']:.0f} | {r['chunked_mib']:.0f} | {r['plain_s']:.2f} | {r['chunked_s']:.2f} |"
             for r in loss_rows]
     if matching_rows:
-        from victor.bench.matching import format_table
+        from victor.bench.matching import EXPLAIN_LEGEND, format_explain, format_table
 
         out += ["", "## Matching: exact batched solver vs scipy per image", "", "```", format_table(matching_rows),
-                "```", "", "Target: published (`paper`) init >= 10x scipy."]
+                "```", "", "Target: published (`paper`) init >= 10x scipy.", "",
+                "What the solver did (`victor bench matching --explain`): " + EXPLAIN_LEGEND + ".", "",
+                "```", format_explain(matching_rows), "```"]
     text = "\n".join(out) + "\n"
     with open(path, "w") as f:
         f.write(text)

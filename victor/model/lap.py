@@ -21,6 +21,14 @@ next block minimum and the newly covered entries are relaxed. Columns are
 therefore settled exactly as on the dense matrix, and the dual update keeps
 every reduced cost >= 0, including the ones never read. Most rows read one
 entry or two.
+
+Shared preferences. When one column term dominates the cost (pool rows of norm
+~sqrt(dim), the published init), every row's cheapest column is the same: the
+initial phase assigns a row or two and each other row needs a search through all
+the rows before it (O(n^2) scans, the dense solver's and scipy's cost). Before
+going dense, `_solve_reduced` drops columns that n others dominate, squares the
+problem up with dummy rows and subtracts each column's minimum, all exact; rows
+then mostly prefer distinct columns and the lazy solver runs as usual.
 """
 from __future__ import annotations
 
@@ -155,30 +163,85 @@ def _relax(C, r, d, ur, lo_val, hi_val, order_row, q_r, v, spc, path, done, touc
 
 @njit(cache=True, inline="always")
 def _augment(sink, root, path, row4col, col4row):
-    """Flip the alternating path that Dijkstra found from ``root`` to the free column ``sink``."""
+    """Flip the alternating path that Dijkstra found from ``root`` to the free column ``sink``;
+    returns the number of rows on it (1: the root takes a free column directly)."""
     j = sink
+    rows = 1
     while True:
         r = path[j]
         row4col[j] = r
         prev = col4row[r]
         col4row[r] = j
         if r == root:
-            return
+            return rows
         j = prev
+        rows += 1
 
 
-#: Status codes of `_solve_one`: solved; a NaN/inf cost; costs too uniform across rows for lazy
-#: reading to pay off (the caller solves that instance densely).
-OK, NOT_FINITE, DENSE = 0, 1, 2
+#: Status codes: solved lazily; a NaN/inf cost; costs too uniform across rows for lazy reading to
+#: pay off (the caller solves that instance densely); solved lazily after `_solve_reduced`'s
+#: exact reduction.
+OK, NOT_FINITE, DENSE, REDUCED = 0, 1, 2, 3
 #: Lazy solving gives up (DENSE) when fewer than this share of rows can take their cheapest
 #: column at once, or after reading this many times the whole matrix's worth of blocks.
 MIN_GREEDY_SHARE = 0.25
 MAX_READS = 4
+#: `_solve_reduced` gives up (DENSE) when the columns it keeps exceed the rows by more than this
+#: share of the rows (each surplus column adds a dummy row, and the dummy rows are all alike).
+MAX_DUMMY_SHARE = 1.0
+
+#: Per-instance diagnostics of `solve_with_stats`, in this order (cost units for the duals).
+STATS = (
+    "greedy",         # rows the initial phase assigns (a row whose cheapest column is still free;
+                      # dummy rows included)
+    "augmentations",  # Dijkstra searches, one per row the initial phase left free
+    "path_rows",      # rows on the augmenting paths, all searches together (1 per search at least)
+    "path_max",       # rows on the longest augmenting path
+    "scans",          # rows Dijkstra scanned (roots included), all searches together
+    "settled",        # columns Dijkstra settled, all searches together
+    "entries",        # cost entries Dijkstra relaxed: the work
+    "u_rise_mean",    # row dual at the end minus the row's cheapest cost, mean over rows
+    "u_rise_max",     # ... and its largest value
+    "v_cols",         # columns whose dual fell below 0 (prices on contested columns)
+    "v_depth_max",    # the largest such price, -min(v)
+    "dense",          # 1 when the instance was solved by the dense fallback
+    "reduced",        # 1 when solved after `_solve_reduced`'s reduction (the counts above are then
+                      # the reduced square problem's; "greedy" stays the raw costs' initial phase)
+    "kept_cols",      # columns `_solve_reduced` kept (0: not tried)
+    "dummy_rows",     # dummy rows it added (kept columns - rows)
+    "greedy_reduced", # rows of the reduced problem its initial phase assigns
+)
+N_STATS = len(STATS)
 
 
 @njit(cache=True)
-def _solve_one(C, col4row):
-    """Assign the rows of ``C [n, m]`` to distinct columns in ``col4row [n]``; returns a status."""
+def _dual_stats(st, u, rowmin, v):
+    """Record how far the duals moved: ``u - rowmin`` per row and the negative ``v``."""
+    n = u.shape[0]
+    total, top = 0.0, 0.0
+    for i in range(n):
+        x = u[i] - rowmin[i]
+        total += x
+        top = max(top, x)
+    st[7] = total / n
+    st[8] = top
+    cols, depth = 0, 0.0
+    for j in range(v.shape[0]):
+        if v[j] < 0:
+            cols += 1
+            depth = max(depth, -v[j])
+    st[9] = cols
+    st[10] = depth
+
+
+@njit(cache=True)
+def _solve_one(C, col4row, st, n_dummy):
+    """Assign the rows of ``C [n, m]`` to distinct columns in ``col4row [n]``; returns a status.
+
+    ``st``: `STATS` are written there when it has room for them (length 0: not recorded).
+    ``n_dummy``: the last rows are that many copies of one row (`_solve_reduced`'s dummy rows);
+    they start on that row's ``n_dummy`` cheapest columns, at one dual."""
+    want = st.shape[0] >= N_STATS
     n, m = C.shape
     nb = (m + BLOCK - 1) // BLOCK
     inf = np.inf
@@ -200,7 +263,22 @@ def _solve_one(C, col4row):
     row4col = np.full(m, -1, np.int64)
     col4row[:] = -1
     taken = 0
-    for i in range(n):
+    first_dummy = n - n_dummy
+    if n_dummy:
+        # Identical rows w: the k-th takes w's k-th cheapest column j, with u = w's n_dummy-th
+        # cheapest cost and v[j] = w[j] - u <= 0. Pairs are tight, and w[j] - u - v[j] >= 0
+        # everywhere (0 on those columns, w[j] >= u with v = 0 elsewhere); other rows' reduced
+        # costs only grow where v < 0. Their reading levels rise to u (entries below it read).
+        cheapest = np.argsort(C[first_dummy])[:n_dummy]
+        ud = C[first_dummy, cheapest[n_dummy - 1]]
+        for k in range(n_dummy):
+            i, j = first_dummy + k, cheapest[k]
+            col4row[i], row4col[j], v[j] = j, i, C[first_dummy, j] - ud
+            u[i] = ud
+            while t[i] <= ud:
+                t[i] = _raise_level(bmin[i], t[i], order[i], q, i)
+        taken = n_dummy
+    for i in range(n - n_dummy):
         lo = order[i, 0] * BLOCK
         for j in range(lo, min(lo + BLOCK, m)):
             if C[i, j] == u[i]:
@@ -209,6 +287,8 @@ def _solve_one(C, col4row):
                     col4row[i] = j
                     taken += 1
                 break
+    if want:
+        st[0] = taken
     if taken < MIN_GREEDY_SHARE * n:
         return DENSE
     budget = MAX_READS * n * nb  # blocks read before giving up
@@ -223,10 +303,12 @@ def _solve_one(C, col4row):
     keys = np.empty(m + n, np.float64)
     items = np.empty(m + n, np.int64)
     pos = np.full(m + n, -1, np.int64)
+    n_aug = n_path = path_max = n_scans = n_settled = n_entries = 0
 
     for root in range(n):
         if col4row[root] >= 0:
             continue
+        n_aug += 1
         n_touched = 0
         n_scanned = 0
         size = 0
@@ -234,15 +316,22 @@ def _solve_one(C, col4row):
         min_val = 0.0
         r, d, lo_val = root, 0.0, -inf
         dist[root] = 0.0
+        dummy_seen = False
         while sink < 0:
-            # Row r, reached at distance d: relax its entries in [lo_val, level).
-            budget -= q[r]
-            if budget < 0:
-                return DENSE
-            n_touched, size = _relax(C, r, d, u[r], lo_val, t[r], order[r], q[r], v, spc, path, done,
-                                     touched, n_touched, keys, items, pos, size)
-            if t[r] < inf:  # its unread entries cost >= t[r]: come back when Dijkstra gets there
-                size = _offer(keys, items, pos, size, m + r, d + t[r] - u[r])
+            # Row r, reached at distance d: relax its entries in [lo_val, level). The dummy rows
+            # keep equal duals (all are reached at one distance in a search, or none), so the
+            # first one reached offers every column what any of them would: the others skip.
+            n_scans += lo_val == -inf  # a row reached (not one reading further)
+            if r < first_dummy or lo_val > -inf or not dummy_seen:
+                dummy_seen |= r >= first_dummy
+                budget -= q[r]
+                if budget < 0:
+                    return DENSE
+                n_entries += q[r] * BLOCK
+                n_touched, size = _relax(C, r, d, u[r], lo_val, t[r], order[r], q[r], v, spc, path, done,
+                                         touched, n_touched, keys, items, pos, size)
+                if t[r] < inf:  # its unread entries cost >= t[r]: come back when Dijkstra gets there
+                    size = _offer(keys, items, pos, size, m + r, d + t[r] - u[r])
             # Next event: settle the cheapest column, or read more of a row.
             key, item = keys[0], items[0]
             size = _pop(keys, items, pos, size)
@@ -252,6 +341,7 @@ def _solve_one(C, col4row):
                 t[r] = _raise_level(bmin[r], t[r], order[r], q, r)
                 continue
             done[item] = True
+            n_settled += 1
             if row4col[item] < 0:
                 sink, min_val = item, key
                 break
@@ -273,14 +363,95 @@ def _solve_one(C, col4row):
                 v[j] -= min_val - spc[j]
             spc[j] = inf
             done[j] = False
-        _augment(sink, root, path, row4col, col4row)
+        rows = _augment(sink, root, path, row4col, col4row)
+        n_path += rows
+        path_max = max(path_max, rows)
+    if want:
+        st[1], st[2], st[3], st[4], st[5], st[6] = n_aug, n_path, path_max, n_scans, n_settled, n_entries
+        rowmin = np.empty(n)
+        for i in range(n):
+            rowmin[i] = bmin[i].min()
+        _dual_stats(st, u, rowmin, v)
     return OK
+
+
+@njit(cache=True)
+def _solve_reduced(C, col4row, st):
+    """The instance as an equivalent square problem whose rows no longer share their preferences,
+    solved lazily; returns REDUCED, or DENSE when that does not pay off (the caller goes dense).
+
+    For costs dominated by a per-column term (pool rows of norm ~sqrt(dim), the published init),
+    every row's cheapest column is the same one: the initial phase assigns one row or two and every
+    other row needs a long search. Three exact steps undo that:
+
+    1. Dominance pruning. Let ``lo[j]``/``hi[j]`` be column j's smallest/largest cost, N the n
+       columns of smallest ``hi`` and ``T`` the largest ``hi`` in N. A column j outside N with
+       ``lo[j] >= T`` is dominated by n columns (``C[i, k] <= T <= C[i, j]`` for every row i and
+       k in N); in an optimum using j, one of those n is unused (the other n - 1 rows hold at
+       most n - 1 columns) and moving j's row there costs no more. So some optimum uses only the
+       kept columns (N and those with ``lo < T``).
+    2. Square up: with n' kept columns, add n' - n dummy rows of cost 0. Every assignment of the
+       real rows extends to a perfect matching at the same cost, and back.
+    3. Column reduction: in a perfect matching every column is used exactly once, so subtracting
+       ``lo[j]`` from column j changes every matching's cost by the same constant. (Not so in the
+       rectangular problem, where it would favour the columns with large ``lo``.) Each column's
+       cheapest real row now costs 0 there, so rows mostly prefer distinct columns.
+    """
+    n, m = C.shape
+    inf = np.inf
+    lo = np.full(m, inf)
+    hi = np.full(m, -inf)
+    for i in range(n):
+        for j in range(m):
+            c = C[i, j]
+            lo[j] = min(lo[j], c)
+            hi[j] = max(hi[j], c)
+    order = np.argsort(hi)
+    T = hi[order[n - 1]]
+    keep = lo < T
+    for k in range(n):
+        keep[order[k]] = True
+    cols = np.flatnonzero(keep)
+    m2 = cols.shape[0]
+    want = st.shape[0] >= N_STATS
+    if want:
+        st[13], st[14] = m2, m2 - n
+    if m2 - n > MAX_DUMMY_SHARE * n:
+        return DENSE
+    S = np.empty((m2, m2))
+    top = -inf
+    for k in range(m2):
+        top = max(top, lo[cols[k]])
+    for i in range(n):
+        for k in range(m2):
+            S[i, k] = C[i, cols[k]] - lo[cols[k]]
+    for i in range(n, m2):
+        for k in range(m2):
+            S[i, k] = top - lo[cols[k]]  # a dummy row: 0 before the reduction, plus a row constant
+    sub = np.empty(m2, np.int64)
+    greedy = st[0] if want else 0.0
+    status = _solve_one(S, sub, st, m2 - n)
+    if want:
+        st[15], st[0], st[12] = st[0], greedy, status == OK
+    if status != OK:
+        return DENSE
+    for i in range(n):
+        col4row[i] = cols[sub[i]]
+    return REDUCED
 
 
 @njit(cache=True)
 def _solve_dense(C, col4row):
     """Plain shortest augmenting path on the dense matrix (Crouse 2016): for costs where the
     lazy solver gives up, e.g. when every row prefers the same few columns."""
+    _dense(C, col4row, np.empty(0))
+
+
+@njit(cache=True)
+def _dense(C, col4row, st):
+    """`_solve_dense`, recording `STATS` in ``st`` when it has room for them."""
+    want = st.shape[0] >= N_STATS
+    n_path = path_max = n_scans = n_settled = n_entries = 0
     n, m = C.shape
     inf = np.inf
     u = np.zeros(n)
@@ -304,6 +475,8 @@ def _solve_dense(C, col4row):
         sink = -1
         while sink < 0:
             in_tree[i] = True
+            n_scans += 1
+            n_entries += n_remaining
             best, at = inf, -1
             ui = u[i]
             for k in range(n_remaining):
@@ -317,6 +490,7 @@ def _solve_dense(C, col4row):
             min_val = best
             j = remaining[at]
             settled[j] = True
+            n_settled += 1
             n_remaining -= 1
             remaining[at] = remaining[n_remaining]
             if row4col[j] < 0:
@@ -330,15 +504,26 @@ def _solve_dense(C, col4row):
         for j in range(m):
             if settled[j]:
                 v[j] -= min_val - spc[j]
-        _augment(sink, root, path, row4col, col4row)
+        rows = _augment(sink, root, path, row4col, col4row)
+        n_path += rows
+        path_max = max(path_max, rows)
+    if want:
+        st[1], st[2], st[3], st[4], st[5], st[6] = n, n_path, path_max, n_scans, n_settled, n_entries
+        rowmin = np.empty(n)
+        for i in range(n):
+            rowmin[i] = C[i].min()
+        _dual_stats(st, u, rowmin, v)
+        st[11] = 1
 
 
 @njit(cache=True, parallel=True)
-def _solve_batch(C, out, status):
+def _solve_batch(C, out, status, stats, reduce):
     for b in prange(C.shape[0]):
-        status[b] = _solve_one(C[b], out[b])
+        status[b] = _solve_one(C[b], out[b], stats[b], 0)
+        if status[b] == DENSE and reduce:
+            status[b] = _solve_reduced(C[b], out[b], stats[b])
         if status[b] == DENSE:
-            _solve_dense(C[b], out[b])
+            _dense(C[b], out[b], stats[b])
 
 
 class NonFiniteCost(ValueError):
@@ -355,7 +540,23 @@ def solve(cost: np.ndarray, threads: int | None = None) -> np.ndarray:
 
 
 def solve_with_status(cost: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """`solve`, plus each instance's status: ``OK`` (lazy solver) or ``DENSE`` (dense fallback)."""
+    """`solve`, plus each instance's status: ``OK`` (lazy solver), ``REDUCED`` (lazy solver after
+    `_solve_reduced`'s exact reduction) or ``DENSE`` (dense fallback)."""
+    out, status, _ = _run(cost, threads, stats=False, reduce=True)
+    return out, status
+
+
+def solve_with_stats(
+    cost: np.ndarray, threads: int | None = None, reduce: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """`solve_with_status`, plus one dict of `STATS` per instance (what the solver did; for
+    benchmarks and diagnosis, the plain call records nothing). ``reduce=False`` skips
+    `_solve_reduced` (instances the lazy solver gives up on go straight to the dense solver)."""
+    out, status, stats = _run(cost, threads, stats=True, reduce=reduce)
+    return out, status, [dict(zip(STATS, row.tolist())) for row in stats]
+
+
+def _run(cost, threads, stats, reduce):
     if cost.ndim != 3:
         raise ValueError(f"expected a [B, n, m] array, got shape {cost.shape}")
     B, n, m = cost.shape
@@ -365,14 +566,15 @@ def solve_with_status(cost: np.ndarray, threads: int | None = None) -> tuple[np.
         raise TypeError(f"costs must be float32 or float64, got {cost.dtype}")
     out = np.empty((B, n), np.int64)
     status = np.zeros(B, np.int64)
+    record = np.zeros((B, N_STATS if stats else 0))
     if n and B:
         previous = numba.get_num_threads()
         numba.set_num_threads(max(1, min(threads or previous, numba.config.NUMBA_NUM_THREADS, B)))
         try:
-            _solve_batch(np.ascontiguousarray(cost), out, status)
+            _solve_batch(np.ascontiguousarray(cost), out, status, record, reduce)
         finally:
             numba.set_num_threads(previous)
     bad = np.flatnonzero(status == NOT_FINITE)
     if bad.size:
         raise NonFiniteCost(f"cost matrix {int(bad[0])} of {B} has NaN or infinite entries")
-    return out, status
+    return out, status, record

@@ -4,6 +4,8 @@
     victor bench matching  exact batched assignment vs scipy's linear_sum_assignment per image
     victor bench realistic the step at the realistic shape (fp32 and bf16, ratios with spread, % of GEMM peak)
     victor bench memory    the LM loss's peak memory, plain vs chunked, at 32 k and 152 k vocabularies
+    victor bench memory-scaling  stage-1.5 vs plain step peak memory against pool size, visual tokens
+                           and batch (fresh process each, fitted MiB per unit) and estimate-memory vs measured
     victor bench all       all of the above; writes docs/performance.md (--quick: a subset, ~5 min)
     victor bench data      data memory per rank (record index vs in-memory records) and data rate
 """
@@ -35,8 +37,13 @@ def main(argv: list[str] | None = None) -> None:
         q.add_argument("--rounds", type=int, default=None)
         q.add_argument("--output", default="docs/performance.md")
     sub.add_parser("data", help="data memory per rank and data rate", add_help=False)
+    sub.add_parser("memory-scaling", help="step peak memory vs pool size, visual tokens and batch", add_help=False)
     args, rest = p.parse_known_args(argv)
-    if args.what == "data":
+    if args.what == "memory-scaling":
+        from victor.bench.memory_scaling import main as scaling_main
+
+        scaling_main(rest)
+    elif args.what == "data":
         from victor.bench.data import main as data_main
 
         data_main(rest)

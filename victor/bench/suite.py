@@ -99,26 +99,37 @@ class Setup:
     seq: int = 0
 
 
-def build(shape: str, variants=tuple(VARIANTS)) -> Setup:
+ANSWER = "a red circle is at the top left of the picture and a blue square below it . "
+
+
+def save_shape_backbones(directory: str, s: dict) -> tuple[str, str]:
+    """The bench's tiny backbones for shape `s` saved under `directory` -> (vision dir, LLM dir)."""
+    from victor.data.templates import TEMPLATE_TEXT
+    from victor.tiny.backbones import save_backbones
+    from victor.tiny.world import build_tokenizer
+
+    words = [TEMPLATE_TEXT, "describe the image in detail . " + ANSWER]
+    return save_backbones(directory, build_tokenizer(words), image_size=s["image_size"], patch_size=s["patch"],
+                          vision_hidden=s["vision_hidden"], vision_layers=s["vision_layers"],
+                          llm_hidden=s["hidden"], llm_layers=s["layers"])
+
+
+def build(shape: str | dict, variants=tuple(VARIANTS)) -> Setup:
+    """The model, one batch and a training step per variant (`plain` always) at a named shape of
+    SHAPES or a dict with the same keys. Each step function carries its `optimizer` and `module`."""
     from PIL import Image
 
     from victor.config import ComprehensionConfig
     from victor.data.collate import LlavaCollator
     from victor.data.llava import Sample
-    from victor.data.templates import TEMPLATE_TEXT
     from victor.model.assemble import build_model
     from victor.model.comprehension import VisualComprehension
-    from victor.tiny.backbones import save_backbones
-    from victor.tiny.world import build_tokenizer
 
-    s = SHAPES[shape]
+    s = SHAPES[shape] if isinstance(shape, str) else shape
     torch.manual_seed(0)
-    answer = "a red circle is at the top left of the picture and a blue square below it . "
-    words = [TEMPLATE_TEXT, "describe the image in detail . " + answer]
+    answer = ANSWER
     with tempfile.TemporaryDirectory() as tmp:
-        vision, llm = save_backbones(tmp, build_tokenizer(words), image_size=s["image_size"], patch_size=s["patch"],
-                                     vision_hidden=s["vision_hidden"], vision_layers=s["vision_layers"],
-                                     llm_hidden=s["hidden"], llm_layers=s["layers"])
+        vision, llm = save_shape_backbones(tmp, s)
         model, processor = build_model(vision, llm)
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
@@ -141,6 +152,7 @@ def build(shape: str, variants=tuple(VARIANTS)) -> Setup:
                 loss = call()
             loss.backward()
             opt.step()
+        step.optimizer, step.module = opt, module
         return step
 
     model.train()
@@ -312,6 +324,10 @@ def write_report(path: str, machine: str, peaks: dict, steps: list[dict], profil
                 "What the solver did (`victor bench matching --explain`): " + EXPLAIN_LEGEND + ".", "",
                 "```", format_explain(matching_rows), "```"]
     text = "\n".join(out) + "\n"
+    from victor.bench.doc_section import existing_section
+
+    kept = existing_section(path)  # `victor bench memory-scaling` writes its own section: keep it
+    text += ("\n" + kept) if kept else ""
     with open(path, "w") as f:
         f.write(text)
     return text

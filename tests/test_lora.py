@@ -143,6 +143,16 @@ def one_process(setup):
     return out
 
 
+def test_without_peft_plain_stages_load_and_a_lora_stage_names_what_it_needs(setup, one_process, monkeypatch):
+    """peft is an extra (victor[lora]): a stage without adapter/ must load without it (CI's web
+    environment has no peft and caught load_model importing it unconditionally)."""
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
+    model, _ = load_model(str(setup / "s1"))
+    assert isinstance(model, LlavaForConditionalGeneration)
+    with pytest.raises(ConfigError, match=r"LoRA stage .*needs peft .*victor\[lora\].*victor merge"):
+        load_model(str(one_process))
+
+
 def test_a_lora_stage_saves_base_and_adapter_and_merges(setup, one_process, tmp_path, capsys):
     out = one_process
     rec = json.loads((out / "victor_stage.json").read_text())

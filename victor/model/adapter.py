@@ -19,12 +19,17 @@ def adapter_of(directory: str | os.PathLike) -> Path | None:
 
 
 def merge_adapter(model, directory: str | os.PathLike):
-    """A loaded base checkpoint with `directory`'s adapter folded into its weights (a plain model)."""
-    from peft import PeftModel
-
+    """A loaded base checkpoint with `directory`'s adapter folded into its weights (a plain model).
+    Without an adapter the model comes back as it is: peft is needed only for LoRA stages."""
     adapter = adapter_of(directory)
     if adapter is None:
         return model
+    try:
+        from peft import PeftModel
+    except ImportError as e:
+        raise ConfigError(f"{directory} is a LoRA stage (it has {ADAPTER_DIR}/): loading it needs peft "
+                          "(pip install 'victor[lora]'), or merge it where peft is installed "
+                          f"(`victor merge {directory} --output DIR`) and use DIR") from e
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():

@@ -67,6 +67,21 @@ def tiny_llava(backbones):
     return build_model(*backbones)
 
 
+@pytest.fixture(scope="session")
+def pool_checkpoint(tiny_llava, tmp_path_factory):
+    """The tiny checkpoint with a 64-row pool beside it, as a stage-1.5 output has (serve and web tests)."""
+    from victor.model.comprehension_state import save_state
+
+    model, processor = tiny_llava
+    path = tmp_path_factory.mktemp("pool-checkpoint") / "ckpt"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    hidden = model.config.text_config.hidden_size
+    save_state({"pool": torch.randn(64, hidden, generator=torch.Generator().manual_seed(0)),
+                "pool_ready": torch.tensor(True), "usage": torch.zeros(64, dtype=torch.long)}, path)
+    return path
+
+
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
 
 

@@ -4,27 +4,17 @@ Greedy answers streamed by the chat equal `victor chat`'s (`Generator`); the poo
 patches to rows; uploads go through victor's image loader.
 """
 import pytest
-import torch
 from PIL import Image
 
 from victor.infer import Generator
 from victor.serve.chat import ChatModel, conversation
-from victor.model.comprehension_state import save_state as save_extra_state
 
 QUESTION = "what colour is the circle ?"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_llava, tmp_path_factory):
-    """The tiny checkpoint with a 64-row pool beside it, as a stage-1.5 output has."""
-    model, processor = tiny_llava
-    path = tmp_path_factory.mktemp("serve") / "ckpt"
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    hidden = model.config.text_config.hidden_size
-    save_extra_state({"pool": torch.randn(64, hidden, generator=torch.Generator().manual_seed(0)),
-                      "pool_ready": torch.tensor(True), "usage": torch.zeros(64, dtype=torch.long)}, path)
-    return path
+def checkpoint(pool_checkpoint):
+    return pool_checkpoint
 
 
 @pytest.fixture(scope="module")

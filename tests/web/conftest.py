@@ -10,11 +10,9 @@ import shutil
 import tempfile
 
 import pytest
-import torch
 from chat_page import CHROMEDRIVER, CHROMIUM, COLOURS, IN_CI, INSTALL, TOKENS, free_port, need, png_header_only
 from PIL import Image
 
-from victor.model.comprehension_state import save_state as save_extra_state
 
 
 def pytest_configure(config):
@@ -34,16 +32,8 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def web_checkpoint(tiny_llava, tmp_path_factory):
-    """The tiny checkpoint with a 64-row pool beside it, as a stage-1.5 output has."""
-    model, processor = tiny_llava
-    path = tmp_path_factory.mktemp("web") / "ckpt"
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    hidden = model.config.text_config.hidden_size
-    save_extra_state({"pool": torch.randn(64, hidden, generator=torch.Generator().manual_seed(0)),
-                      "pool_ready": torch.tensor(True), "usage": torch.zeros(64, dtype=torch.long)}, path)
-    return path
+def web_checkpoint(pool_checkpoint):
+    return pool_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 
+from conftest import COLOURS, corpus_dir
+
 from victor.cli import main
 from victor.config import ConfigError, StageArguments
 from victor.data.collate import LlavaCollator
@@ -28,7 +30,6 @@ from victor.train.stages import apply_freezing, resolve_stage
 
 peft = pytest.importorskip("peft")
 DEEPSPEED = resources.files("victor") / "recipes" / "deepspeed"
-COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (230, 230, 20)}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -104,17 +105,8 @@ def test_lora_options_are_checked(backbones):
 
 # -- real stages ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def setup(backbones, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lora")
-    (root / "img").mkdir()
-    records = []
-    for i in range(16):
-        colour = list(COLOURS)[i % 4]
-        Image.new("RGB", (32, 32), COLOURS[colour]).save(root / "img" / f"{i}.png")
-        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\ndescribe the image in detail ."},
-            {"from": "gpt", "value": f"the background is {colour} . there are no objects ."}]})
-    (root / "chat.json").write_text(json.dumps(records))
+def setup(backbones, colour_corpus, tmp_path_factory):
+    root = corpus_dir(colour_corpus, tmp_path_factory.mktemp("lora"), chat_json="chat.json")
     vision, llm = backbones
     train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(root / "chat.json"),
                              "--image_root", str(root / "img"), "--output_dir", str(root / "s1"), "--max_steps", "1",

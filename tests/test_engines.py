@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
-from conftest import corpus_dir
+from conftest import corpus_dir, train_stage1
 
 from victor.train.run import train_from_recipe
 
@@ -29,11 +29,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_
 @pytest.fixture(scope="module")
 def setup(backbones, colour_corpus, tmp_path_factory):
     root = corpus_dir(colour_corpus, tmp_path_factory.mktemp("engines"), chat_json="chat.json")
-    vision, llm = backbones
-    train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(root / "chat.json"),
-                             "--image_root", str(root / "img"), "--output_dir", str(root / "s1"), "--max_steps", "2",
-                             "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "no",
-                             "--use_cpu", "True"])
+    train_stage1(backbones, root / "chat.json", root / "img", root / "s1")
     return root
 
 

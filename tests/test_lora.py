@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 
-from conftest import COLOURS, corpus_dir
+from conftest import COLOURS, corpus_dir, train_stage1
 
 from victor.cli import main
 from victor.config import ConfigError, StageArguments
@@ -107,11 +107,7 @@ def test_lora_options_are_checked(backbones):
 @pytest.fixture(scope="module")
 def setup(backbones, colour_corpus, tmp_path_factory):
     root = corpus_dir(colour_corpus, tmp_path_factory.mktemp("lora"), chat_json="chat.json")
-    vision, llm = backbones
-    train_from_recipe(None, ["--stage", "1", "--vision", vision, "--llm", llm, "--data_path", str(root / "chat.json"),
-                             "--image_root", str(root / "img"), "--output_dir", str(root / "s1"), "--max_steps", "1",
-                             "--per_device_train_batch_size", "8", "--report_to", "none", "--save_strategy", "no",
-                             "--use_cpu", "True"])
+    train_stage1(backbones, root / "chat.json", root / "img", root / "s1", steps=1)
     return root
 
 

@@ -82,8 +82,7 @@ class ReconstructionHead(nn.Module):
 
 def random_token_mask(n_images: int, n_visual: int, n_masked: int, device, generator=None) -> torch.Tensor:
     """Exactly `n_masked` of each image's `n_visual` positions, uniformly at random. -> bool [images, n_visual]."""
-    scores = torch.rand(n_images, n_visual, device=device, generator=generator)
-    return _mask_from_scores(scores, n_masked)
+    return _mask_from_positions(random_positions(n_images, n_visual, n_masked, device, generator), n_visual)
 
 
 def keyed_token_mask(keys: torch.Tensor, n_visual: int, n_masked: int, seed: int, step: int, device) -> torch.Tensor:
@@ -142,11 +141,6 @@ def image_positions(is_image: torch.Tensor, n_total: int) -> torch.Tensor:
     flat = is_image.reshape(-1)
     torch._assert_async(flat.sum() == n_total, "image tokens in input_ids do not match the images' visual tokens")
     return torch.sort((~flat).to(torch.uint8), stable=True).indices[:n_total]
-
-
-def _mask_from_scores(scores: torch.Tensor, n_masked: int) -> torch.Tensor:
-    chosen = scores.argsort(dim=1)[:, :n_masked]
-    return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, chosen, True)
 
 
 def block_ids(input_ids, attention_mask, labels, image_token_id: int, n_visual: int, mode: str):
@@ -316,7 +310,7 @@ class VisualComprehension(nn.Module):
         mode, not in training): the training loss is a chunked linear + cross-entropy that never
         holds them (`lm_loss.chunked_lm_loss`). Statistics come back as 0-dim tensors, read by
         the host only on logging steps."""
-        llava, lcfg = self.llava, self.llava.config
+        llava = self.llava
         want_logits = (not self.training) if return_logits is None else return_logits
         attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         embeds = llava.get_input_embeddings()(input_ids)

@@ -202,3 +202,29 @@ def test_dose_ladder_must_rise_with_the_dose():
 def test_the_declaration_is_explicit():
     assert declared.PRIMARY.measure == "gqa_loglik" and declared.PRIMARY.higher_is_better
     assert declared.PRIMARY.min_effect > 0 and sorted(declared.DOSES) == [0.25, 0.5]
+
+
+def test_fine_detail_accuracy_is_a_secondary_measure(tmp_path):
+    """The fine-detail questions (the world's val/fine.jsonl, scored by likelihood over two choices) are a
+    secondary measure: in MEASURES (so in every comparison and in Holm's family), never the primary."""
+    from victor.demo.evidence import MEASURES, PRIMARY
+    from victor.demo.run import LIKELIHOOD
+    from victor.eval.likelihood import candidates, decide
+    from victor.eval.registry import get_benchmark
+    from victor.eval.spec import EvalItem
+
+    assert PRIMARY == declared.PRIMARY.measure == "gqa_loglik" and "fine" in MEASURES
+    _, directory, _, scale, unit = MEASURES["fine"]
+    assert directory == "gqa_fine-likelihood" and "gqa_fine" in LIKELIHOOD and (scale, unit) == (100, "points")
+    # an item with choices: every choice scored, the higher mean token log-likelihood is the prediction
+    item = EvalItem("q1", "Is the red circle left or right of the blue square?", None, "right",
+                    {"category": "relative", "choices": ["left", "right"]})
+    assert candidates(get_benchmark("gqa"), item) == {"choice:left": "left", "choice:right": "right"}
+    assert decide(item, {"choice:left": [-0.4, 1], "choice:right": [-0.6, 2]}) == \
+        {"prediction": "right", "gold_loglik": -0.3}
+    assert candidates(get_benchmark("gqa"), EvalItem("q2", "q", None, "red", {})) == {"gold": "red"}  # as before
+    run = tmp_path / "run"
+    (run / "eval" / directory).mkdir(parents=True)
+    records = [{"id": "q1", "answer": "right", "prediction": "right"}, {"id": "q2", "answer": "small", "prediction": "large"}]
+    (run / "eval" / directory / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert outcomes(run, "fine") == {"q1": 1.0, "q2": 0.0}

@@ -65,9 +65,10 @@ CONTROL_SEED_OFFSET = 100
 ABLATIONS = {"matching": "matching", "attention": "attention", "pool-init": "pool_init", "mask-ratio": "mask_ratio",
              "recon-head": "recon_head", "recon-positions": "recon_positions", "pool-size": "pool_size",
              "recon-target": "recon_target"}
-LIKELIHOOD = ("mmbench", "pope", "gqa", "gqa_shuffled")  # scored by likelihood; gqa also by generation
+LIKELIHOOD = ("mmbench", "pope", "gqa", "gqa_shuffled", "gqa_fine")  # scored by likelihood; gqa also by generation
 # gqa_shuffled: the open questions with every image swapped for another question's (the floor of the primary
-# measure: what an arm scores from the question text and answer prior alone)
+# measure: what an arm scores from the question text and answer prior alone); gqa_fine: the fine-detail
+# questions (val/fine.jsonl: relative position, size, colour at a position), each a choice of two answers
 
 
 @dataclass
@@ -286,7 +287,7 @@ class Demo:
     def evaluate(self, model_dir: Path, arm: Arm, seed: int, benchmarks=LIKELIHOOD, generation: bool = True) -> dict:
         """Likelihood scoring of `benchmarks` (+ generation on the open questions); reuses finished runs."""
         data = {"mmbench": self.world.mmbench, "pope": self.world.pope["random"].parent, "gqa": self.world.gqa,
-                "gqa_shuffled": self.shuffled_gqa}
+                "gqa_shuffled": self.shuffled_gqa, "gqa_fine": self.world.fine}
         summaries, loaded = {}, []
         jobs = [(b, "likelihood") for b in benchmarks] + ([("gqa", "generate")] if generation else [])
         for bench, scoring in jobs:

@@ -16,6 +16,7 @@ from victor.tiny.scenes import (
     QUESTION_TYPES,
     SHAPE_PLURALS,
     SHAPES,
+    SIZES,
     WorldConfig,
 )
 
@@ -189,6 +190,49 @@ def open_question(scene: dict, qtype: str, rng: np.random.Generator,
             q = f"Is there an object at the {p}?"
         return q, want
     raise ValueError(qtype)
+
+
+def fine_question(scene: dict, ftype: str, rng: np.random.Generator,
+                  want: str | None = None) -> tuple[str, str, list[str]] | None:
+    """One held-out fine-detail question (type in `FINE_TYPES`), its answer and the two choices a
+    model's likelihood picks from, or None when the scene cannot pose it (with ``want``: so that
+    the answer is ``want``). Each needs a detail stage-1 captions never state (they name colours
+    and shapes only); both choices are plausible without that detail:
+
+    * relative: "Is the red circle left or right of the blue square?" (two objects in different
+      grid columns) -> left / right;
+    * size: "Is the red circle small or large?" -> small / large;
+    * position: "What colour is the object at the top left?" (two or more colours in the image)
+      -> its colour / the colour of another object in the same image.
+    """
+    objs = scene["objects"]
+    if ftype == "relative":
+        pairs = [(a, b) for a in objs for b in objs if a["region"] % 3 < b["region"] % 3]
+        if not pairs:
+            return None
+        left, right = pairs[int(rng.integers(len(pairs)))]
+        want = want or _pick(rng, ["left", "right"])
+        subject, other = (left, right) if want == "left" else (right, left)
+        order = _pick(rng, ["left or right", "right or left"])
+        q = f"Is the {subject['colour']} {subject['shape']} {order} of the {other['colour']} {other['shape']}?"
+        return q, want, ["left", "right"]
+    if ftype == "size":
+        pool = [o for o in objs if want is None or o["size"] == want]
+        if not pool:
+            return None
+        o = pool[int(rng.integers(len(pool)))]
+        order = _pick(rng, ["small or large", "large or small"])
+        return f"Is the {o['colour']} {o['shape']} {order}?", o["size"], list(SIZES)
+    if ftype == "position":
+        pool = [o for o in objs if any(x["colour"] != o["colour"] for x in objs)]
+        if not pool:
+            return None
+        o = pool[int(rng.integers(len(pool)))]
+        other = _pick(rng, sorted({x["colour"] for x in objs} - {o["colour"]}))
+        word = _pick(rng, ["colour", "color"])
+        choices = [o["colour"], other] if rng.random() < 0.5 else [other, o["colour"]]
+        return f"What {word} is the object at the {o['position']}?", o["colour"], choices
+    raise ValueError(ftype)
 
 
 def mc_question(scene: dict, qtype: str, rng: np.random.Generator, cfg: WorldConfig,

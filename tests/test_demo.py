@@ -96,7 +96,9 @@ def test_controls_and_verdict_lines(demo_run):
     # the fine-detail questions: a secondary measure, in Holm's family of every arm comparison
     fine = [r for r in results["comparisons"] if r["measure"] == MEASURES["fine"][0]]
     assert len(fine) == len(comparisons) and all("p_holm" in r for r in fine if r["role"] == "arm")
-    assert "| gqa_fine:relative |" in report and "| gqa_fine:size |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| gqa_fine:size |"))
+    assert row.split("|")[-3].strip() == "50.0 (chance)" and 0 <= float(row.split("|")[-2]) <= 100  # floor, ceiling
+    assert next(line for line in report.splitlines() if line.startswith("| gqa:colour |")).endswith("| — |")
     assert all(r["n_seeds"] == 2 and len(r["per_seed"]) == 2 for r in results["comparisons"])
     # the verdict section: the declaration with its commit, the floors, the controls, then verdict or failure
     verdicts = report.split("## Verdict")[1].split("## Paired")[0]

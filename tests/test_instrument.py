@@ -217,14 +217,14 @@ def test_fine_detail_accuracy_is_a_secondary_measure(tmp_path):
     _, directory, _, scale, unit = MEASURES["fine"]
     assert directory == "gqa_fine-likelihood" and "gqa_fine" in LIKELIHOOD and (scale, unit) == (100, "points")
     # an item with choices: every choice scored, the higher mean token log-likelihood is the prediction
-    item = EvalItem("q1", "Is the red circle left or right of the blue square?", None, "right",
-                    {"category": "relative", "choices": ["left", "right"]})
-    assert candidates(get_benchmark("gqa"), item) == {"choice:left": "left", "choice:right": "right"}
-    assert decide(item, {"choice:left": [-0.4, 1], "choice:right": [-0.6, 2]}) == \
-        {"prediction": "right", "gold_loglik": -0.3}
+    item = EvalItem("q1", "Is the red circle small or large?", None, "large",
+                    {"category": "size", "choices": ["small", "large"]})
+    assert candidates(get_benchmark("gqa"), item) == {"choice:small": "small", "choice:large": "large"}
+    assert decide(item, {"choice:small": [-0.4, 1], "choice:large": [-0.6, 2]}) == \
+        {"prediction": "large", "gold_loglik": -0.3}
     assert candidates(get_benchmark("gqa"), EvalItem("q2", "q", None, "red", {})) == {"gold": "red"}  # as before
     run = tmp_path / "run"
     (run / "eval" / directory).mkdir(parents=True)
-    records = [{"id": "q1", "answer": "right", "prediction": "right"}, {"id": "q2", "answer": "small", "prediction": "large"}]
+    records = [{"id": "q1", "answer": "large", "prediction": "large"}, {"id": "q2", "answer": "small", "prediction": "large"}]
     (run / "eval" / directory / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert outcomes(run, "fine") == {"q1": 1.0, "q2": 0.0}

@@ -220,14 +220,16 @@ def per_type_table(res: DemoResults) -> tuple[str, dict]:
                 for qtype, row in res.runs[arm, s]["eval"][bench]["tables"].get("category", {}).items():
                     per_type.setdefault(f"{bench}:{qtype}", {}).setdefault(arm, []).append(row["accuracy"])
     majority = majority_answer_rates(res.world.gqa)
-    lines = ["| question type | " + " | ".join(arms) + " | majority answer |", "|" + "---|" * (len(arms) + 2)]
+    lines = ["| question type | " + " | ".join(arms) + " | majority answer | LLM reading the true scene |",
+             "|" + "---|" * (len(arms) + 3)]
     for key in sorted(per_type):
         bench, _, qtype = key.partition(":")
         floor = (f"{100 * majority[qtype]:.1f}" if bench == "gqa" and qtype in majority else
                  "50.0 (chance)" if bench == "gqa_fine" else "—")
         cells = [pm([statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0]) if (v := per_type[key].get(a))
                  else "-" for a in arms]
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {floor} |")
+        ceiling = f"{100 * res.ceilings[key]:.1f}" if key in res.ceilings else "—"
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {floor} | {ceiling} |")
     return "\n".join(lines), per_type
 
 

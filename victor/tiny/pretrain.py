@@ -3,6 +3,7 @@ soft tokens (`SceneReader`, `pretrain_llm`), the encoder learns local region fea
 (`pretrain_vision`). Both run on the HF Trainer and save back into the backbone directory."""
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from functools import partial
@@ -147,6 +148,49 @@ def pretrain_llm(llm_dir: str | Path, world_dir: str | Path, steps: int = 300, s
                   collate=partial(collate_scenes, pad_id=tokenizer.pad_token_id))
     reader.lm.save_pretrained(llm_dir)
     return loss
+
+
+@torch.no_grad()
+def slot_reader_accuracy(llm_dir: str | Path, world_dir: str | Path, questions: str | Path,
+                         batch_size: int = 32) -> dict[str, float]:
+    """Accuracy per category of the tiny LLM reading each image's true scene slots (`SceneReader`)
+    on two-choice questions (GQA JSONL with ``choices``, e.g. the world's ``val/fine.jsonl``): the
+    choice whose answer turn has the higher mean token log-likelihood wins. No encoder or projector
+    comes between the scene and the LLM, so this is what the LLM itself can answer, a ceiling for
+    the LLaVA models built on it."""
+    from victor.eval.prompts import SHORT_ANSWER_SUFFIX
+    from victor.tiny.world import load_scenes
+
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    reader = SceneReader(AutoModelForCausalLM.from_pretrained(llm_dir).eval(), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    scenes, grid = load_scenes(world_dir), len(POSITIONS)
+    rows = [json.loads(line) for line in Path(questions).read_text(encoding="utf-8").splitlines() if line.strip()]
+    examples = []
+    for r in rows:
+        for choice in r["choices"]:
+            messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{r['text']}\n{SHORT_ANSWER_SUFFIX}"},
+                        {"role": "assistant", "content": str(choice)}]
+            ids, labels = tokenize_with_labels(tokenizer, expand_images(TEMPLATES["chat"](tokenizer, messages), grid))
+            examples.append({"input_ids": ids, "labels": labels, "slots": scene_slots(scenes[r["image"]], tokenizer)})
+    scores = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate_scenes(examples[start:start + batch_size], tokenizer.pad_token_id)
+        embed = reader.lm.get_input_embeddings()
+        slots = (embed(batch["slot_words"]) * (batch["slot_words"] > 0).unsqueeze(-1)).sum(-2)
+        is_slot = (batch["input_ids"] == reader.image_token_id).unsqueeze(-1)
+        embeds = embed(batch["input_ids"]).masked_scatter(is_slot, slots[batch["slot_valid"]])
+        logits = reader.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores += ((logp * keep).sum(-1) / keep.sum(-1)).tolist()
+    right: dict[str, list[bool]] = {}
+    k = 0
+    for r in rows:
+        mine = scores[k:k + len(r["choices"])]
+        k += len(r["choices"])
+        right.setdefault(r.get("category") or "all", []).append(r["choices"][mine.index(max(mine))] == r["answer"])
+    return {c: sum(v) / len(v) for c, v in right.items()}
 
 
 class _RegionProbe(torch.nn.Module):

@@ -43,7 +43,7 @@ NUMBER_WORDS: list[str] = ["zero", "one", "two", "three", "four", "five", "six",
 QUESTION_TYPES: list[str] = ["colour", "shape", "count", "position", "existence"]
 # held-out fine-detail questions (val/fine.jsonl): each needs a detail that stage-1 captions
 # (`short_caption`: the objects' colours and shapes only) never state
-FINE_TYPES: list[str] = ["relative", "size", "position"]
+FINE_TYPES: list[str] = ["size"]
 
 MMBENCH_L2 = {
     "colour": "perception",

@@ -9,7 +9,7 @@ evaluators that serve real data serve the tiny world unchanged:
     out_dir/images/{train|val}_{i:05d}.png
     out_dir/train/stage1.json      short captions            (LLaVA conversation JSON)
     out_dir/train/stage15.json     detailed captions         (LLaVA conversation JSON)
-    out_dir/train/stage2.json      instructions, multi-turn, ~5% text-only
+    out_dir/train/stage2.json      instructions, multi-turn (some asking every object's size), ~5% text-only
     out_dir/val/qa.json            open questions, balanced over the 5 question types
     out_dir/val/mmbench.tsv        multiple choice, MMBench TSV layout with circular copies
     out_dir/val/pope/coco_pope_{random,popular,adversarial}.json   POPE JSONL layout
@@ -91,10 +91,10 @@ from victor.tiny.texts import (
     short_caption,
 )
 
-
 # bump when generate_world writes different files for the same config (ensure_world then rebuilds);
-# 2: val/fine.jsonl (every earlier file unchanged, byte for byte)
-WORLD_VERSION = 2
+# 2: val/fine.jsonl (every earlier file unchanged, byte for byte); 3: stage 2 also asks the size of
+# every object of some images ("Is the red circle small or large?", the fine-detail questions' kind)
+WORLD_VERSION = 3
 
 
 @dataclass
@@ -275,7 +275,7 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
     # ---- fine-detail questions: every type the image can pose; two-way answers kept balanced
     fine: list[dict] = []
     answered: dict[str, Counter] = {t: Counter() for t in FINE_TYPES}
-    two_way = {"relative": ("left", "right"), "size": tuple(SIZES)}
+    two_way = {"size": tuple(SIZES)}
     for i, scene in enumerate(val_scenes):
         rng = _rng(cfg.seed, _S_VAL_FINE, i)
         for ft in FINE_TYPES:
@@ -362,9 +362,8 @@ def load_scenes(out_dir: str | os.PathLike) -> dict[str, dict]:
 def world_texts(out_dir: str | os.PathLike) -> Iterator[str]:
     """Every string of the world: conversation turns, questions, answers, options, hints.
 
-    The fine-detail questions (`val/fine.jsonl`) are left out: they are written in words of the
-    training texts only (a test checks), and leaving them out keeps the tokenizer, hence every
-    trained model, of a world written before them."""
+    The held-out fine-detail questions (`val/fine.jsonl`) are left out: stage 2 asks the same
+    kind of question about the training images, so their words are training words (a test checks)."""
     paths = WorldPaths.at(out_dir)
     for p in (paths.stage1, paths.stage15, paths.stage2):
         with open(p, encoding="utf-8") as f:

@@ -113,14 +113,28 @@ def score_records(spec: BenchmarkSpec, items: list[EvalItem], records: dict[str,
     return out
 
 
+def _request_key(item: EvalItem, continuation: str) -> tuple | None:
+    """What makes two likelihood requests the same (image file, prompt, continuation); None for an
+    in-memory image (MMBench's base64), which is never looked up."""
+    if item.image is None:
+        return ("", item.prompt, continuation)
+    if isinstance(item.image, (str, os.PathLike)):
+        return (os.path.abspath(item.image), item.prompt, continuation)
+    return None
+
+
 class Likelihood(Scoring):
     """Likelihood scoring as a mode of the runner: ``batch_size`` items go to ``loglikelihood``
-    together (all their candidates in one call); a record keeps every candidate's ``[sum, n]``."""
+    together (all their candidates in one call); a record keeps every candidate's ``[sum, n]``.
+
+    A request already scored in this run (the same image file, prompt and continuation: POPE's
+    three splits share their positive questions) is answered from the first score, not sent again."""
 
     name = "likelihood"
 
     def __init__(self, loglikelihood: LoglikelihoodFn):
         self.loglikelihood = loglikelihood
+        self.scored: dict[tuple, list] = {}  # (image file, prompt, continuation) -> [sum, n]
 
     def label(self, spec: BenchmarkSpec) -> str:
         return f"{spec.name} (likelihood)"
@@ -130,18 +144,28 @@ class Likelihood(Scoring):
             candidates(spec, it)
 
     def predict(self, spec: BenchmarkSpec, batch: list[EvalItem]) -> list[dict]:
-        images, prompts, conts, owners = [], [], [], []
+        images, prompts, conts, asked, owners = [], [], [], {}, []
         for it in batch:
-            image = _load_image(it)  # one object per item: its candidates share one forward
+            image = None  # opened once per item, if any of its candidates is asked: they share one forward
             for cand, text in candidates(spec, it).items():
+                key = _request_key(it, text)
+                if key is not None and (key in self.scored or key in asked):
+                    owners.append((it.id, cand, key))
+                    continue
+                if image is None:
+                    image = _load_image(it)
+                if key is not None:
+                    asked[key] = len(conts)
+                owners.append((it.id, cand, key if key is not None else len(conts)))
                 images.append(image), prompts.append(it.prompt), conts.append(text)
-                owners.append((it.id, cand))
         results = self.loglikelihood(images, prompts, conts) if conts else []
         if len(results) != len(conts):
             raise RuntimeError(f"loglikelihood returned {len(results)} results for {len(conts)} requests")
+        results = [[float(r[0]), int(r[1])] for r in results]
+        self.scored.update({key: results[k] for key, k in asked.items()})
         scores: dict[str, dict] = {it.id: {} for it in batch}
-        for (item_id, cand), res in zip(owners, results):
-            scores[item_id][cand] = [float(res[0]), int(res[1])]
+        for item_id, cand, ref in owners:
+            scores[item_id][cand] = list(results[ref] if isinstance(ref, int) else self.scored[ref])
         return [{"id": it.id, "prompt": it.prompt, "answer": it.answer, "meta": public_meta(it),
                  "scoring": "likelihood", "loglik": scores[it.id], **decide(it, scores[it.id])} for it in batch]
 

@@ -72,7 +72,7 @@ def test_report_prints_the_numbers_of_results_json(demo_run):
     for arm, values in results["headline"].items():
         assert f"| {arm} |" in report and pm(values["mmbench"]) in report and pm(values["pope"]) in report
     for key, values in results["probe"].items():
-        assert f"| {key} | {pm(values['occupancy'])} | {pm(values['colour'])} | {pm(values['shape'])} |" in report
+        assert f"| {key} | {pm(values['occupancy'])} | {pm(values['colour'])} | {pm(values['shape'])} | {pm(values['size'])} |" in report
     for arm, values in results["recon"].items():
         assert f"| {arm} | " + pm(values["fitted masked"], 1, 4) in report
 

@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from victor import __version__
+from victor.demo.probe import ATTRIBUTES
 from victor.demo.results import DemoResults
 
 BENCHMARKS = ("mmbench", "pope", "gqa", "gqa_fine")
@@ -166,15 +167,13 @@ def mask_info_table(ev: dict) -> str:
 
 
 def probe_table(ev: dict) -> str:
-    lines = ["| arm | checkpoint | layer | occupancy | colour | shape |", "|---|---|---|---|---|---|"]
+    lines = ["| arm | checkpoint | layer | " + " | ".join(ATTRIBUTES) + " |", "|---|---|---|" + "---|" * len(ATTRIBUTES)]
     majority = None
     for key, values in ev["probe"].items():
-        lines.append(f"| {' | '.join(key.split(' | '))} | " + " | ".join(pm(values[a]) for a in
-                                                                       ("occupancy", "colour", "shape")) + " |")
+        lines.append(f"| {' | '.join(key.split(' | '))} | " + " | ".join(pm(values[a]) for a in ATTRIBUTES) + " |")
         majority = values["majority"]
     if majority:
-        lines.append("| majority class | | | " + " | ".join(f"{100 * majority[a]:.1f}" for a in
-                                                              ("occupancy", "colour", "shape")) + " |")
+        lines.append("| majority class | | | " + " | ".join(f"{100 * majority[a]:.1f}" for a in ATTRIBUTES) + " |")
     return "\n".join(lines)
 
 

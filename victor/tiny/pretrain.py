@@ -30,7 +30,7 @@ from victor.data.collate import (
 from victor.data.entries import read_records
 from victor.data.llava import parse_record
 from victor.data.templates import IMAGE_TOKEN
-from victor.tiny.scenes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
+from victor.tiny.scenes import COLOUR_NAMES, POSITIONS, SHAPES
 from victor.tiny.world import WorldPaths, load_scenes
 
 
@@ -194,8 +194,9 @@ def slot_reader_accuracy(llm_dir: str | Path, world_dir: str | Path, questions: 
 
 
 class _RegionProbe(torch.nn.Module):
-    """Vision tower + linear probes reading colour/shape/size of each 3x3 grid region."""
-    def __init__(self, tower, image_size: int, n_colours: int, n_shapes: int, n_sizes: int):
+    """Vision tower + linear probes reading attributes (one head per entry of `classes`: its number of
+    values) of each 3x3 grid region."""
+    def __init__(self, tower, image_size: int, *classes: int):
         super().__init__()
         self.tower = tower
         patch = tower.config.patch_size
@@ -206,9 +207,9 @@ class _RegionProbe(torch.nn.Module):
         onehot = torch.nn.functional.one_hot(region, 9).float()  # [patches, regions]
         self.register_buffer("assign", (onehot / onehot.sum(0)).T)  # mean over each region's patches
         hidden = tower.config.hidden_size
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n + 1) for n in (n_colours, n_shapes, n_sizes))
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n + 1) for n in classes)
 
-    def forward(self, pixel_values, labels):  # labels [batch, 9, 3], 0 = empty region
+    def forward(self, pixel_values, labels):  # labels [batch, 9, attributes], 0 = empty region
         tokens = self.tower(pixel_values).last_hidden_state
         tokens = tokens[:, -self.assign.shape[1]:]  # patch tokens (drop a CLS if any)
         regions = torch.einsum("rp,bph->brh", self.assign, tokens)
@@ -217,32 +218,33 @@ class _RegionProbe(torch.nn.Module):
         return {"loss": loss}
 
 
+# what the stand-in encoder is pretrained to tell apart per region: not size, which the fine-detail
+# questions ask ("Is the red circle small or large?"), so that what the LLaVA model learns of size
+# comes from the pixels through training, not from a feature made for the question (issue 27)
+VISION_ATTRIBUTES = {"colour": COLOUR_NAMES, "shape": SHAPES}
+
+
 def pretrain_vision(vision_dir: str | Path, world_dir: str | Path, steps: int = 200, seed: int = 0,
                     batch_size: int = 64, learning_rate: float = 2e-3) -> float:
     """Give the tiny encoder local features, as a real encoder arrives pretrained.
 
-    Probes on patch tokens pooled per 3x3 grid region learn each region's object colour,
-    shape and size from the world's training scenes (HF Trainer). Saves back into
-    `vision_dir`; returns the final training loss. Validation images are never seen.
+    Probes on patch tokens pooled per 3x3 grid region learn each region's object colour and
+    shape (`VISION_ATTRIBUTES`; not its size) from the world's training scenes (HF Trainer).
+    Saves back into `vision_dir`; returns the final training loss. Validation images are never seen.
     """
-
-
-
     tower = AutoModel.from_pretrained(vision_dir)
     processor = AutoImageProcessor.from_pretrained(vision_dir)
     scenes = {k: v for k, v in load_scenes(world_dir).items() if k.startswith("train")}
-    vocab = [list(COLOUR_NAMES), list(SHAPES), list(SIZES)]
+    vocab = {k: list(v) for k, v in VISION_ATTRIBUTES.items()}
     examples = []
     for name, scene in scenes.items():
-        labels = torch.zeros(9, 3, dtype=torch.long)
+        labels = torch.zeros(9, len(vocab), dtype=torch.long)
         for obj in scene["objects"]:
-            labels[obj["region"]] = torch.tensor([v.index(obj[k]) + 1 for v, k in zip(vocab, ("colour", "shape", "size"))])
+            labels[obj["region"]] = torch.tensor([values.index(obj[k]) + 1 for k, values in vocab.items()])
         with Image.open(Path(world_dir) / "images" / name) as img:
             pixels = processor(img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
         examples.append({"pixel_values": pixels, "labels": labels})
-    probe = _RegionProbe(tower, tower.config.image_size, *map(len, vocab))
+    probe = _RegionProbe(tower, tower.config.image_size, *map(len, vocab.values()))
     loss = _train(probe, examples, steps, batch_size, learning_rate, seed)
     tower.save_pretrained(vision_dir)
     return loss
-
-

@@ -258,7 +258,7 @@ def _human(question: str, rng: np.random.Generator, first: bool, last_prob: floa
 
 def _stage2_record(name: str, scene: dict, rng: np.random.Generator, cfg: WorldConfig, freq: dict) -> dict:
     # mostly multi-turn open questions: several supervised answers per image and step
-    kind = _pick(rng, ["open"] * 3 + ["mc"] * 6 + ["pope"] * 2 + ["multi"] * 9 + ["fine"] * 4)
+    kind = _pick(rng, ["open"] * 3 + ["mc"] * 6 + ["pope"] * 2 + ["multi"] * 9 + ["fine"] * 8)
     convs: list[dict] = []
     qtypes: list[str] = []
     if kind == "fine":  # the size of every object, in a random order

@@ -158,10 +158,11 @@ def pope_split_table(ev: dict) -> str:
 def mask_info_table(ev: dict) -> str:
     if not ev.get("mask_info"):
         return ""
-    columns = [k for k in next(iter(ev["mask_info"].values())) if k != "removes information"]
+    # every arm's columns (victor's own head is measured for arms that have one), in first-seen order
+    columns = list(dict.fromkeys(k for v in ev["mask_info"].values() for k in v if k != "removes information"))
     lines = ["| arm | " + " | ".join(columns) + " | removes information |", "|---|" + "---|" * (len(columns) + 1)]
     for arm, v in ev["mask_info"].items():
-        lines.append(f"| {arm} | " + " | ".join(pm(v[c], 1, 3) for c in columns) +
+        lines.append(f"| {arm} | " + " | ".join(pm(v[c], 1, 3) if c in v else "—" for c in columns) +
                      f" | {'yes' if v['removes information'] else 'no'} |")
     return "\n".join(lines)
 

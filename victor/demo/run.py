@@ -55,7 +55,7 @@ PRESETS = {  # world size, backbone pretraining, steps per stage, seeds ("smoke"
     # with real tokens hands every masked token a near-copy of itself (replacement distance 0.014 on a
     # stage-1 checkpoint), 8 rows do not (0.57): the masking removes information (`recon.masking_information`);
     # llm_pretrain 600: the tiny LLM reading the true scene slots answers the fine-detail (size) questions at
-    # 80% after 600 steps, 58% after 300 (the report's ceiling column, `slot_reader_accuracy`)
+    # 78% after 600 steps (the report's ceiling column, `slot_reader_accuracy`); 58% after 300 in a trial
     "default": dict(n_train=2000, n_val=200, llm_pretrain=600, vision_pretrain=200, stage1=400, stage15=40,
                     stage2=60, seeds=5, pool_size=8, extras=False),
     "full": dict(n_train=4000, n_val=300, llm_pretrain=600, vision_pretrain=300, stage1=600, stage15=600,

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from victor.demo.evidence import MEASURES
 from victor.demo.report import format_comparison, format_t, pm
 
 pytestmark = pytest.mark.slow  # multi-process / full-pipeline: `pytest -m "not slow"` leaves it out
@@ -36,8 +37,8 @@ def test_report_has_table_figures_and_results(demo_run):
     results = json.loads((out / "results.json").read_text())
     assert set(results["runs"]) == {f"{arm}/seed{s}" for arm in ARMS for s in (0, 1)}
     for metrics in results["runs"].values():
-        assert set(metrics) == {"mmbench", "pope", "gqa"}
-        assert 0.0 <= metrics["pope"]["accuracy"] <= 1.0
+        assert set(metrics) == {"mmbench", "pope", "gqa", "gqa_fine"}
+        assert 0.0 <= metrics["pope"]["accuracy"] <= 1.0 and 0.0 <= metrics["gqa_fine"]["accuracy"] <= 1.0
         assert "gold_mean_loglik" in metrics["gqa"] and "accuracy" in metrics["gqa"]
     # every arm started from the same stage-1 checkpoint; seed s of both arms shares its seed
     stages = {p.name.rsplit("-", 1)[0]: p for p in (out / "stages").iterdir()}
@@ -71,7 +72,7 @@ def test_report_prints_the_numbers_of_results_json(demo_run):
     for arm, values in results["headline"].items():
         assert f"| {arm} |" in report and pm(values["mmbench"]) in report and pm(values["pope"]) in report
     for key, values in results["probe"].items():
-        assert f"| {key} | {pm(values['occupancy'])} | {pm(values['colour'])} | {pm(values['shape'])} |" in report
+        assert f"| {key} | {pm(values['occupancy'])} | {pm(values['colour'])} | {pm(values['shape'])} | {pm(values['size'])} |" in report
     for arm, values in results["recon"].items():
         assert f"| {arm} | " + pm(values["fitted masked"], 1, 4) in report
 
@@ -88,10 +89,16 @@ def test_controls_and_verdict_lines(demo_run):
     assert "| baseline[stage 2 x0.25] | positive control |" in report
     section = report.split("## What this instrument can detect")[1].split("##")[0]
     lines = [line for line in section.splitlines() if line.startswith("- **")]
-    assert len(lines) == 6 * 2  # per measure, one line per arm comparison (two share the role "arm")
+    assert len(lines) == len(MEASURES) * 2  # per measure, one line per arm comparison (two share the role "arm")
     for line in lines:
         assert "minimum detectable effect" in line and "positive control" in line and "negative control" in line
-    assert sum("victor[matching=nearest] vs victor:" in line for line in lines) == 6
+    assert sum("victor[matching=nearest] vs victor:" in line for line in lines) == len(MEASURES)
+    # the fine-detail questions: a secondary measure, in Holm's family of every arm comparison
+    fine = [r for r in results["comparisons"] if r["measure"] == MEASURES["fine"][0]]
+    assert len(fine) == len(comparisons) and all("p_holm" in r for r in fine if r["role"] == "arm")
+    row = next(line for line in report.splitlines() if line.startswith("| gqa_fine:size |"))
+    assert row.split("|")[-3].strip() == "50.0 (chance)" and 0 <= float(row.split("|")[-2]) <= 100  # floor, ceiling
+    assert next(line for line in report.splitlines() if line.startswith("| gqa:colour |")).endswith("| — |")
     assert all(r["n_seeds"] == 2 and len(r["per_seed"]) == 2 for r in results["comparisons"])
     # the verdict section: the declaration with its commit, the floors, the controls, then verdict or failure
     verdicts = report.split("## Verdict")[1].split("## Paired")[0]

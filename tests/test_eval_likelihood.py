@@ -141,3 +141,31 @@ def test_compare_prints_log_likelihood_in_nats(tmp_path):
             "benchmark": "gqa", "n": 3, "metrics": {"gold_mean_loglik": value}, "report_metrics": ["gold_mean_loglik"]}))
     table = compare_runs([tmp_path / "a", tmp_path / "b"])
     assert "-1.500" in table and "+0.250" in table
+
+
+def test_a_request_already_scored_is_not_sent_again(world, tmp_path):
+    """POPE's three splits share their positive questions: each distinct (image, prompt, answer) goes to
+    the model once per run, and every item's record still holds the score of its own request."""
+    import hashlib
+
+    spec = get_benchmark("pope")
+    items = spec.load(world.pope["random"].parent, world.images)
+    sent = []
+
+    def fn(images, prompts, conts):  # a score that depends on the pixels, the prompt and the continuation
+        sent.extend((i.tobytes(), p, c) for i, p, c in zip(images, prompts, conts))
+        return [(-(hashlib.sha1(i.tobytes() + p.encode() + c.encode()).digest()[0] + 1) / 64, 1)
+                for i, p, c in zip(images, prompts, conts)]
+
+    summary = run_likelihood("pope", world.pope["random"].parent, world.images, fn, tmp_path / "pope", batch_size=7,
+                             progress=False)
+    distinct = {(str(it.image), it.prompt, c) for it in items for c in ("yes", "no")}
+    assert len(sent) == len(set(sent)) == len(distinct) < 2 * len(items) == 2 * summary["n"]
+    records = [json.loads(line) for line in (tmp_path / "pope" / "predictions.jsonl").read_text().splitlines()]
+    by_id = {it.id: it for it in items}
+    for r in records:
+        with Image.open(by_id[r["id"]].image) as im:
+            pixels = im.convert("RGB").tobytes()
+        for c in ("yes", "no"):
+            expected = -(hashlib.sha1(pixels + r["prompt"].encode() + c.encode()).digest()[0] + 1) / 64
+            assert r["loglik"][c] == [expected, 1]

@@ -49,11 +49,12 @@ def test_probe_reads_a_linear_code_and_not_shuffled_labels():
 
 
 def test_region_labels_follow_the_grid():
-    scene = {"objects": [{"colour": "blue", "shape": "star", "region": 4},
-                         {"colour": "red", "shape": "circle", "region": 0}]}
+    scene = {"objects": [{"colour": "blue", "shape": "star", "size": "large", "region": 4},
+                         {"colour": "red", "shape": "circle", "size": "small", "region": 0}]}
     labels = region_labels(scene)
     assert labels["occupancy"] == [1, 0, 0, 0, 1, 0, 0, 0, 0]
     assert labels["colour"][0] == 0 and labels["shape"][4] == 5 and labels["colour"][1] == -1
+    assert labels["size"][:5] == [0, -1, -1, -1, 1] and labels["size"][8] == -1
 
 
 def test_reconstruction_head_recovers_a_linear_map():

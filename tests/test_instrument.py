@@ -12,7 +12,7 @@ from scipy import stats
 from victor.demo import declared
 from victor.demo.evidence import outcomes, pope_canonical_ids, roc_auc
 from victor.demo.recon import masking_information
-from victor.demo.report import resolution_lines, verdict_lines
+from victor.demo.report import mask_info_table, resolution_lines, verdict_lines
 from victor.demo.stats import compare_full, holm, minimum_detectable_effect, seed_test, t_interval
 
 
@@ -202,3 +202,44 @@ def test_dose_ladder_must_rise_with_the_dose():
 def test_the_declaration_is_explicit():
     assert declared.PRIMARY.measure == "gqa_loglik" and declared.PRIMARY.higher_is_better
     assert declared.PRIMARY.min_effect > 0 and sorted(declared.DOSES) == [0.25, 0.5]
+
+
+def test_fine_detail_accuracy_is_a_secondary_measure(tmp_path):
+    """The fine-detail questions (the world's val/fine.jsonl, scored by likelihood over two choices) are a
+    secondary measure: in MEASURES (so in every comparison and in Holm's family), never the primary."""
+    from victor.demo.evidence import MEASURES, PRIMARY
+    from victor.demo.run import LIKELIHOOD
+    from victor.eval.likelihood import candidates, decide
+    from victor.eval.registry import get_benchmark
+    from victor.eval.spec import EvalItem
+
+    assert PRIMARY == declared.PRIMARY.measure == "gqa_loglik" and "fine" in MEASURES
+    _, directory, _, scale, unit = MEASURES["fine"]
+    assert directory == "gqa_fine-likelihood" and "gqa_fine" in LIKELIHOOD and (scale, unit) == (100, "points")
+    # an item with choices: every choice scored, the higher mean token log-likelihood is the prediction
+    item = EvalItem("q1", "Is the red circle small or large?", None, "large",
+                    {"category": "size", "choices": ["small", "large"]})
+    assert candidates(get_benchmark("gqa"), item) == {"choice:small": "small", "choice:large": "large"}
+    assert decide(item, {"choice:small": [-0.4, 1], "choice:large": [-0.6, 2]}) == \
+        {"prediction": "large", "gold_loglik": -0.3}
+    assert candidates(get_benchmark("gqa"), EvalItem("q2", "q", None, "red", {})) == {"gold": "red"}  # as before
+    run = tmp_path / "run"
+    (run / "eval" / directory).mkdir(parents=True)
+    records = [{"id": "q1", "answer": "large", "prediction": "large"}, {"id": "q2", "answer": "small", "prediction": "large"}]
+    (run / "eval" / directory / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert outcomes(run, "fine") == {"q1": 1.0, "q2": 0.0}
+
+
+def test_the_masking_table_shows_a_column_only_some_arms_have():
+    """Victor's own reconstruction head exists for the victor arms only: its column is in the table
+    even when the first arm (the baseline) has none, with a dash for arms without it."""
+    ev = {"mask_info": {
+        "baseline": {"replacement distance": [0.77, 0.2], "fitted head / mean predictor (masked)": [0.54, 0.03],
+                     "removes information": True},
+        "victor": {"replacement distance": [1.05, 0.22], "fitted head / mean predictor (masked)": [0.46, 0.06],
+                   "own head / mean predictor (masked)": [0.41, 0.05], "removes information": False}}}
+    lines = mask_info_table(ev).splitlines()
+    assert lines[0] == ("| arm | replacement distance | fitted head / mean predictor (masked) | "
+                        "own head / mean predictor (masked) | removes information |")
+    assert lines[2].endswith("| — | yes |") and lines[3].endswith("| 0.410 ± 0.050 | no |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines)

@@ -30,6 +30,7 @@ from victor.tiny import texts as T
 from victor.tiny import world as W
 from victor.tiny.scenes import (
     COLOURS,
+    FINE_TYPES,
     NUMBER_WORDS,
     POSITIONS,
     QUESTION_TYPES,
@@ -112,6 +113,8 @@ def oracle(scene: dict, q: str) -> str:
         return only(lambda o: (o["colour"], o["shape"]) == (m[1], m[2]))["position"]
     if m := re.fullmatch(r"Where is the (\w+)\?", q):
         return only(lambda o: o["shape"] == m[1])["position"]
+    if m := re.fullmatch(r"Is the (\w+) (\w+) (?:small or large|large or small)\?", q):
+        return only(lambda o: (o["colour"], o["shape"]) == (m[1], m[2]))["size"]
     if m := re.fullmatch(r"Is there an object at the (.+)\?", q):
         return "yes" if any(o["position"] == m[1] for o in objs) else "no"
     if m := re.fullmatch(r"Is there an? (\w+) object in the image\?", q):
@@ -227,7 +230,10 @@ def test_stage2_schema_and_answers(world, scenes):
         _check_conversation_record(rec, world.images, with_image=with_image)
         convs = rec["conversations"]
         assert len(rec["question_types"]) == len(convs) // 2
-        assert set(rec["question_types"]) <= set(QUESTION_TYPES)
+        assert set(rec["question_types"]) <= set(QUESTION_TYPES) | set(FINE_TYPES)
+        if "size" in rec["question_types"]:  # a size record asks the size of every object, once each
+            kinds["size"] += 1
+            assert rec["question_types"] == ["size"] * len(scenes[rec["image"]]["objects"])
         if not with_image:
             kinds["text"] += 1
             continue
@@ -248,7 +254,7 @@ def test_stage2_schema_and_answers(world, scenes):
                 kinds["open"] += 1
                 assert g["value"] == oracle(scene, q), q
     assert kinds["text"] == n_text
-    assert kinds["multi"] > 0 and kinds["mc"] > 0 and kinds["open"] > 0
+    assert kinds["multi"] > 0 and kinds["mc"] > 0 and kinds["open"] > 0 and kinds["size"] > 0
 
 
 def test_val_qa_balanced_and_correct(world, scenes):

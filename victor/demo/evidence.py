@@ -33,6 +33,9 @@ MEASURES = {
                    lambda r: (r["id"], r["gold_loglik"]) if "gold_loglik" in r else None, 1, "nats/token"),
     "gqa": ("open QA exact match (generation)", "gqa",
             lambda r: (r["id"], float(gqa_exact_match(r["prediction"], r["answer"]))), 100, "points"),
+    # an object's size (small/large), a detail stage-1 captions never state; chance 50%
+    "fine": ("fine-detail acc (likelihood, 2 choices)", "gqa_fine-likelihood",
+             lambda r: (r["id"], float(r["prediction"] == r["answer"])), 100, "points"),
 }
 
 

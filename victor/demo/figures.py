@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from victor.config import ComprehensionConfig
+from victor.demo.probe import ATTRIBUTES
 from victor.demo.results import DemoResults
 from victor.model.assemble import load_model
 from victor.model.comprehension import VisualComprehension
@@ -87,7 +88,7 @@ def make_figures(res: DemoResults, per_type: dict, evidence: dict | None = None)
 
 def probe_figure(probe: dict, figdir: Path, root: Path, plt) -> str:
     """Probe accuracy against depth (projector, layer 1, ...), one line per arm and checkpoint."""
-    attrs = ("occupancy", "colour", "shape")
+    attrs = ATTRIBUTES
     fig, axes = plt.subplots(1, len(attrs), figsize=(4 * len(attrs), 3.5))
     lines: dict[str, list] = {}
     for key, values in probe.items():

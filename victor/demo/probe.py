@@ -6,7 +6,8 @@ per region of the 3x3 grid, row-major) are taken after every layer, and the proj
 linear probe per (layer, attribute) reads region r's attribute from position r's vector:
 
 * occupancy: is there an object in the region (all regions);
-* colour, shape: which one (regions that hold an object).
+* colour, shape, size: which one (regions that hold an object); size is what the fine-detail
+  questions ask, and the tiny encoder is not pretrained on it (`victor.tiny.pretrain.VISION_ATTRIBUTES`).
 
 Probes are closed-form ridge classifiers (least squares on one-hot targets, standardised
 features, ridge strength chosen by 5-fold cross-validation on the fit images), fit on one half
@@ -26,10 +27,10 @@ from PIL import Image
 
 from victor.infer import user_message
 from victor.model.assemble import load_model
-from victor.tiny.scenes import COLOUR_NAMES, SHAPES
+from victor.tiny.scenes import COLOUR_NAMES, SHAPES, SIZES
 from victor.tiny.world import WorldPaths, load_scenes
 
-ATTRIBUTES = ("occupancy", "colour", "shape")
+ATTRIBUTES = ("occupancy", "colour", "shape", "size")  # size: asked by the fine-detail questions
 PROMPT = "Describe the image in detail."
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -71,12 +72,13 @@ def probe(x_fit, y_fit, x_test, y_test, n_classes: int, folds: int = 5, seed: in
 
 
 def region_labels(scene: dict) -> dict[str, list[int]]:
-    """Per region (row-major): occupancy 0/1, colour and shape index (-1 where empty)."""
-    colour, shape = [-1] * 9, [-1] * 9
+    """Per region (row-major): occupancy 0/1, colour, shape and size index (-1 where empty)."""
+    colour, shape, size = [-1] * 9, [-1] * 9, [-1] * 9
     for obj in scene["objects"]:
         colour[obj["region"]] = COLOUR_NAMES.index(obj["colour"])
         shape[obj["region"]] = SHAPES.index(obj["shape"])
-    return {"occupancy": [int(c >= 0) for c in colour], "colour": colour, "shape": shape}
+        size[obj["region"]] = SIZES.index(obj["size"])
+    return {"occupancy": [int(c >= 0) for c in colour], "colour": colour, "shape": shape, "size": size}
 
 
 def split_images(world: WorldPaths) -> tuple[list[str], list[str]]:
@@ -126,7 +128,7 @@ def probe_model(model_dir: str | Path, world: WorldPaths, fit: list[str], score:
             y = labels[attr]
             keep = y >= 0
             fit_mask, test_mask = keep & is_fit[:, None], keep & ~is_fit[:, None]
-            n_classes = {"occupancy": 2, "colour": len(COLOUR_NAMES), "shape": len(SHAPES)}[attr]
+            n_classes = {"occupancy": 2, "colour": len(COLOUR_NAMES), "shape": len(SHAPES), "size": len(SIZES)}[attr]
             r = probe(x[fit_mask], y[fit_mask], x[test_mask], y[test_mask], n_classes)
             r["correct"] = dict(zip(units[test_mask].tolist(), r["correct"].astype(float).tolist()))
             results[name][attr] = r

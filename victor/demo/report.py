@@ -15,15 +15,16 @@ import torch
 import transformers
 
 from victor import __version__
+from victor.demo.probe import ATTRIBUTES
 from victor.demo.results import DemoResults
 
-BENCHMARKS = ("mmbench", "pope", "gqa")
+BENCHMARKS = ("mmbench", "pope", "gqa", "gqa_fine")
 DECIMALS = {"points": 1, "nats/token": 3, "nats": 3, "SmoothL1": 4, "ratio": 3}
 
 HEADLINE = [("mmbench", "MMBench acc"), ("mmbench_circular", "MMBench circular"),
             ("mmbench_text", "MMBench acc (option text)"), ("pope", "POPE acc (de-dup.)"), ("pope_auc", "POPE AUC"),
             ("pope_f1", "POPE F1 (split mean)"), ("pope_yes", "POPE yes %"), ("pope_margin", "POPE signed margin"),
-            ("gqa", "open QA exact match"), ("gqa_loglik", "open QA gold log-lik")]
+            ("gqa", "open QA exact match"), ("gqa_loglik", "open QA gold log-lik"), ("fine", "fine-detail acc")]
 NATS = {"gqa_loglik", "pope_margin", "pope_auc"}  # printed as they are (nats, AUC), not as %
 
 
@@ -157,24 +158,23 @@ def pope_split_table(ev: dict) -> str:
 def mask_info_table(ev: dict) -> str:
     if not ev.get("mask_info"):
         return ""
-    columns = [k for k in next(iter(ev["mask_info"].values())) if k != "removes information"]
+    # every arm's columns (victor's own head is measured for arms that have one), in first-seen order
+    columns = list(dict.fromkeys(k for v in ev["mask_info"].values() for k in v if k != "removes information"))
     lines = ["| arm | " + " | ".join(columns) + " | removes information |", "|---|" + "---|" * (len(columns) + 1)]
     for arm, v in ev["mask_info"].items():
-        lines.append(f"| {arm} | " + " | ".join(pm(v[c], 1, 3) for c in columns) +
+        lines.append(f"| {arm} | " + " | ".join(pm(v[c], 1, 3) if c in v else "—" for c in columns) +
                      f" | {'yes' if v['removes information'] else 'no'} |")
     return "\n".join(lines)
 
 
 def probe_table(ev: dict) -> str:
-    lines = ["| arm | checkpoint | layer | occupancy | colour | shape |", "|---|---|---|---|---|---|"]
+    lines = ["| arm | checkpoint | layer | " + " | ".join(ATTRIBUTES) + " |", "|---|---|---|" + "---|" * len(ATTRIBUTES)]
     majority = None
     for key, values in ev["probe"].items():
-        lines.append(f"| {' | '.join(key.split(' | '))} | " + " | ".join(pm(values[a]) for a in
-                                                                       ("occupancy", "colour", "shape")) + " |")
+        lines.append(f"| {' | '.join(key.split(' | '))} | " + " | ".join(pm(values[a]) for a in ATTRIBUTES) + " |")
         majority = values["majority"]
     if majority:
-        lines.append("| majority class | | | " + " | ".join(f"{100 * majority[a]:.1f}" for a in
-                                                              ("occupancy", "colour", "shape")) + " |")
+        lines.append("| majority class | | | " + " | ".join(f"{100 * majority[a]:.1f}" for a in ATTRIBUTES) + " |")
     return "\n".join(lines)
 
 
@@ -211,21 +211,25 @@ def efficiency_table(ev: dict) -> str:
 
 
 def per_type_table(res: DemoResults) -> tuple[str, dict]:
-    """Accuracy per question type (MMBench by likelihood, open questions by generation)."""
+    """Accuracy per question type (MMBench and fine-detail questions by likelihood, open questions by
+    generation)."""
     arms, per_type = res.arm_names, {}
     for arm in arms:
         for s in range(res.seeds):
-            for bench in ("gqa", "mmbench"):
+            for bench in ("gqa", "mmbench", "gqa_fine"):
                 for qtype, row in res.runs[arm, s]["eval"][bench]["tables"].get("category", {}).items():
                     per_type.setdefault(f"{bench}:{qtype}", {}).setdefault(arm, []).append(row["accuracy"])
     majority = majority_answer_rates(res.world.gqa)
-    lines = ["| question type | " + " | ".join(arms) + " | majority answer |", "|" + "---|" * (len(arms) + 2)]
+    lines = ["| question type | " + " | ".join(arms) + " | majority answer | LLM reading the true scene |",
+             "|" + "---|" * (len(arms) + 3)]
     for key in sorted(per_type):
         bench, _, qtype = key.partition(":")
-        floor = f"{100 * majority[qtype]:.1f}" if bench == "gqa" and qtype in majority else "—"
+        floor = (f"{100 * majority[qtype]:.1f}" if bench == "gqa" and qtype in majority else
+                 "50.0 (chance)" if bench == "gqa_fine" else "—")
         cells = [pm([statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0]) if (v := per_type[key].get(a))
                  else "-" for a in arms]
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {floor} |")
+        ceiling = f"{100 * res.ceilings[key]:.1f}" if key in res.ceilings else "—"
+        lines.append(f"| {key} | " + " | ".join(cells) + f" | {floor} | {ceiling} |")
     return "\n".join(lines), per_type
 
 

@@ -36,6 +36,11 @@ and by the gold answer's mean token log-likelihood (nats per token; higher is be
 signed margin is log p(yes) - log p(no), with the sign of the right answer (nats; higher is
 better): POPE's labels are balanced, so a model's constant leaning towards "yes" or "no"
 cancels in it, while it moves accuracy to 50% and the yes-ratio to 0 or 100%.
+Fine-detail questions ask for what stage-1 captions (colours and shapes only) never state, about
+an object the model has to find by its colour and shape: "Is the red circle small or large?"
+(`val/fine.jsonl`, one per image, small and large balanced); each is scored by likelihood as a
+choice between the two answers (the higher mean token log-likelihood), so chance is 50%. Stage 2
+asks the same kind of question about training images; stage 1.5's detailed captions state sizes.
 Mean ± std over {res.seeds} seed(s); rates in %. MMBench accuracy is the mean over questions
 of the share of a question's circular copies answered right. POPE's three splits share their
 positive questions ({res_pope}); pooled POPE accuracy and margin count each distinct question once,
@@ -44,7 +49,8 @@ model's yes-bias); the per-split table is below.
 
 {tables['headline']}
 
-Chance: MMBench 25% (4 options; existence questions with 2 options: 50%), POPE accuracy 50%.
+Chance: MMBench 25% (4 options; existence questions with 2 options: 50%), POPE accuracy 50%,
+fine-detail accuracy 50%.
 
 ## Verdict
 
@@ -130,8 +136,11 @@ primary measure at each share.
     figure_lines = "\n".join(f"![{name}]({path})" for name, path in figures.items())
     sections.append(f"""## Accuracy per question type
 
-MMBench by likelihood (letter), open questions by generation (exact match); 'majority answer':
-always giving the type's most frequent answer.
+MMBench by likelihood (letter), open questions by generation (exact match), fine-detail questions
+(`gqa_fine`) by likelihood over their two choices; 'majority answer': always giving the type's most
+frequent answer (fine-detail questions: chance, 50%); 'LLM reading the true scene': the pretrained
+tiny LLM given each image's ground-truth scene slots instead of visual tokens
+(`victor.tiny.pretrain.slot_reader_accuracy`), what the LLM itself can answer: a ceiling.
 
 {tables['per_type']}
 

@@ -29,6 +29,8 @@ class DemoResults:
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase (all threads)
     declaration: dict = field(default_factory=dict)  # run.declaration_commit(): where the primary measure was declared
     started: str = ""  # the run's start (local time, ISO 8601)
+    # "bench:type" -> accuracy of the tiny LLM reading the true scene slots (no encoder, no projector): a ceiling
+    ceilings: dict[str, float] = field(default_factory=dict)
 
     @property
     def arm_names(self) -> list[str]:

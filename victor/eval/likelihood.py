@@ -11,7 +11,10 @@ asked how likely each candidate answer is after the item's prompt:
   Both are scored by the benchmark's own ``score`` (accuracy, CircularEval, tables);
 * yes/no (POPE): ``"yes"`` against ``"no"``; the higher one is the prediction;
 * open answers (GQA, VQAv2, open RealWorldQA items): the gold answer's mean token
-  log-likelihood (VQAv2: the most frequent of the ten answers), in nats; no prediction.
+  log-likelihood (VQAv2: the most frequent of the ten answers), in nats; no prediction;
+* open answers with ``choices`` (GQA JSONL records that list them, as the tiny world's
+  fine-detail questions do): every choice; the prediction is the choice with the highest mean
+  token log-likelihood, scored by the benchmark (exact match), plus the gold answer's mean.
 
 The run is batched and resumable exactly as :func:`victor.eval.run.run_benchmark`: one record
 per item in ``predictions.jsonl`` (with every candidate's ``[sum, n tokens]``), appended per
@@ -43,7 +46,8 @@ def _gold_text(answer) -> str | None:
 
 
 def candidates(spec: BenchmarkSpec, item: EvalItem) -> dict[str, str]:
-    """Candidate name -> continuation text scored for ``item`` (``letter:A``, ``text:A``, ``yes``, ``gold``)."""
+    """Candidate name -> continuation text scored for ``item`` (``letter:A``, ``text:A``, ``yes``,
+    ``choice:left``, ``gold``)."""
     if spec.kind == "judged":
         raise ValueError(f"{spec.name}: likelihood scoring applies to multiple-choice, yes/no and "
                          "short-answer benchmarks, not to judged ones")
@@ -52,6 +56,8 @@ def candidates(spec: BenchmarkSpec, item: EvalItem) -> dict[str, str]:
         return {**{f"letter:{k}": k for k in options}, **{f"text:{k}": str(v) for k, v in options.items()}}
     if spec.kind == "yes_no":
         return {"yes": "yes", "no": "no"}
+    if item.meta.get("choices"):
+        return {f"choice:{c}": str(c) for c in item.meta["choices"]}
     gold = _gold_text(item.answer)
     return {"gold": gold} if gold else {}
 
@@ -65,6 +71,11 @@ def decide(item: EvalItem, scores: dict[str, list]) -> dict:
         return {"prediction": None, "gold_loglik": total / n}
     if "yes" in scores:
         return {"prediction": "yes" if scores["yes"][0] >= scores["no"][0] else "no"}
+    choices = {k.split(":", 1)[1]: v[0] / v[1] for k, v in scores.items() if k.startswith("choice:")}
+    if choices:
+        out = {"prediction": max(choices, key=choices.get)}
+        gold = _gold_text(item.answer)
+        return out | ({"gold_loglik": choices[gold]} if gold in choices else {})
     letters = {k.split(":", 1)[1]: v for k, v in scores.items() if k.startswith("letter:")}
     texts = {k.split(":", 1)[1]: v for k, v in scores.items() if k.startswith("text:")}
     return {"prediction": max(letters, key=lambda k: letters[k][0]),
@@ -102,14 +113,28 @@ def score_records(spec: BenchmarkSpec, items: list[EvalItem], records: dict[str,
     return out
 
 
+def _request_key(item: EvalItem, continuation: str) -> tuple | None:
+    """What makes two likelihood requests the same (image file, prompt, continuation); None for an
+    in-memory image (MMBench's base64), which is never looked up."""
+    if item.image is None:
+        return ("", item.prompt, continuation)
+    if isinstance(item.image, (str, os.PathLike)):
+        return (os.path.abspath(item.image), item.prompt, continuation)
+    return None
+
+
 class Likelihood(Scoring):
     """Likelihood scoring as a mode of the runner: ``batch_size`` items go to ``loglikelihood``
-    together (all their candidates in one call); a record keeps every candidate's ``[sum, n]``."""
+    together (all their candidates in one call); a record keeps every candidate's ``[sum, n]``.
+
+    A request already scored in this run (the same image file, prompt and continuation: POPE's
+    three splits share their positive questions) is answered from the first score, not sent again."""
 
     name = "likelihood"
 
     def __init__(self, loglikelihood: LoglikelihoodFn):
         self.loglikelihood = loglikelihood
+        self.scored: dict[tuple, list] = {}  # (image file, prompt, continuation) -> [sum, n]
 
     def label(self, spec: BenchmarkSpec) -> str:
         return f"{spec.name} (likelihood)"
@@ -119,24 +144,36 @@ class Likelihood(Scoring):
             candidates(spec, it)
 
     def predict(self, spec: BenchmarkSpec, batch: list[EvalItem]) -> list[dict]:
-        images, prompts, conts, owners = [], [], [], []
+        images, prompts, conts, asked, owners = [], [], [], {}, []
         for it in batch:
-            image = _load_image(it)  # one object per item: its candidates share one forward
+            image = None  # opened once per item, if any of its candidates is asked: they share one forward
             for cand, text in candidates(spec, it).items():
+                key = _request_key(it, text)
+                if key is not None and (key in self.scored or key in asked):
+                    owners.append((it.id, cand, key))
+                    continue
+                if image is None:
+                    image = _load_image(it)
+                if key is not None:
+                    asked[key] = len(conts)
+                owners.append((it.id, cand, key if key is not None else len(conts)))
                 images.append(image), prompts.append(it.prompt), conts.append(text)
-                owners.append((it.id, cand))
         results = self.loglikelihood(images, prompts, conts) if conts else []
         if len(results) != len(conts):
             raise RuntimeError(f"loglikelihood returned {len(results)} results for {len(conts)} requests")
+        results = [[float(r[0]), int(r[1])] for r in results]
+        self.scored.update({key: results[k] for key, k in asked.items()})
         scores: dict[str, dict] = {it.id: {} for it in batch}
-        for (item_id, cand), res in zip(owners, results):
-            scores[item_id][cand] = [float(res[0]), int(res[1])]
+        for item_id, cand, ref in owners:
+            scores[item_id][cand] = list(results[ref] if isinstance(ref, int) else self.scored[ref])
         return [{"id": it.id, "prompt": it.prompt, "answer": it.answer, "meta": public_meta(it),
                  "scoring": "likelihood", "loglik": scores[it.id], **decide(it, scores[it.id])} for it in batch]
 
     def summarize(self, spec: BenchmarkSpec, items: list[EvalItem], records: dict[str, dict],
                   output_dir: Path) -> dict:
-        chosen = spec.kind in ("multiple_choice", "yes_no")  # a prediction per item; else gold log-likelihoods
+        # a prediction per item (options, yes/no, choices); else gold log-likelihoods
+        chosen = spec.kind in ("multiple_choice", "yes_no") or any(r.get("prediction") is not None
+                                                                   for r in records.values())
         return {"main_metric": spec.main_metric if chosen else "gold_mean_loglik",
                 "report_metrics": list(spec.report_metrics) if chosen else ["gold_mean_loglik"],
                 "scored": True, **score_records(spec, items, records)}

@@ -23,7 +23,8 @@ __all__ = ["GQASpec", "VQAv2Spec"]
 class GQASpec(BenchmarkSpec):
     """GQA ``testdev_balanced_questions.json`` (dict qid -> ``{imageId, question, answer,
     types: {structural, semantic, detailed}, ...}``; image ``image_root/<imageId>.jpg``) or
-    LLaVA's ``llava_gqa_testdev_balanced.jsonl`` (``question_id, image, text`` [+ ``answer``]).
+    LLaVA's ``llava_gqa_testdev_balanced.jsonl`` (``question_id, image, text`` [+ ``answer``,
+    ``category``, ``choices``: answers a likelihood run picks from]).
     Prompt: question + short-answer suffix; metric: exact match after LLaVA's
     ``rstrip('.').lower()``; tables per structural and semantic type."""
 
@@ -39,9 +40,11 @@ class GQASpec(BenchmarkSpec):
             items = []
             for i, rec in enumerate(read_jsonl(path, self.format_name)):
                 require(rec, ("question_id", "image", "text"), path, f"line {i + 1}", self.format_name)
+                meta = {"structural": None, "semantic": None, "category": rec.get("category")}
+                if rec.get("choices"):  # answer choices (the tiny world's fine-detail questions), for likelihood
+                    meta["choices"] = [str(c) for c in rec["choices"]]
                 items.append(EvalItem(str(rec["question_id"]), with_suffix(str(rec["text"]), SHORT_ANSWER_SUFFIX),
-                                      resolve(str(rec["image"]), root), rec.get("answer"),
-                                      {"structural": None, "semantic": None, "category": rec.get("category")}))
+                                      resolve(str(rec["image"]), root), rec.get("answer"), meta))
             return items
         data = read_json(path, self.format_name)
         if not isinstance(data, dict):

@@ -10,8 +10,9 @@ from victor.tiny.pretrain import pretrain_llm, pretrain_vision
 from victor.tiny.scenes import WorldConfig
 from victor.tiny.world import build_tokenizer, ensure_world, world_texts
 
-# bump when the way tiny backbones are built changes (format 2: the LLM reads scene slots)
-BACKBONES_FORMAT = 2
+# bump when the way tiny backbones are built changes (format 2: the LLM reads scene slots; 3: the encoder is
+# pretrained on colour and shape, not size)
+BACKBONES_FORMAT = 3
 
 
 def prepare_world(out_dir: str | Path, world=None, *, llm_layers: int = 2, vision_layers: int = 2, seed: int = 0,

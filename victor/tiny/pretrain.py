@@ -3,6 +3,7 @@ soft tokens (`SceneReader`, `pretrain_llm`), the encoder learns local region fea
 (`pretrain_vision`). Both run on the HF Trainer and save back into the backbone directory."""
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from functools import partial
@@ -29,7 +30,7 @@ from victor.data.collate import (
 from victor.data.entries import read_records
 from victor.data.llava import parse_record
 from victor.data.templates import IMAGE_TOKEN
-from victor.tiny.scenes import COLOUR_NAMES, POSITIONS, SHAPES, SIZES
+from victor.tiny.scenes import COLOUR_NAMES, POSITIONS, SHAPES
 from victor.tiny.world import WorldPaths, load_scenes
 
 
@@ -149,9 +150,53 @@ def pretrain_llm(llm_dir: str | Path, world_dir: str | Path, steps: int = 300, s
     return loss
 
 
+@torch.no_grad()
+def slot_reader_accuracy(llm_dir: str | Path, world_dir: str | Path, questions: str | Path,
+                         batch_size: int = 32) -> dict[str, float]:
+    """Accuracy per category of the tiny LLM reading each image's true scene slots (`SceneReader`)
+    on two-choice questions (GQA JSONL with ``choices``, e.g. the world's ``val/fine.jsonl``): the
+    choice whose answer turn has the higher mean token log-likelihood wins. No encoder or projector
+    comes between the scene and the LLM, so this is what the LLM itself can answer, a ceiling for
+    the LLaVA models built on it."""
+    from victor.eval.prompts import SHORT_ANSWER_SUFFIX
+    from victor.tiny.world import load_scenes
+
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    reader = SceneReader(AutoModelForCausalLM.from_pretrained(llm_dir).eval(), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    scenes, grid = load_scenes(world_dir), len(POSITIONS)
+    rows = [json.loads(line) for line in Path(questions).read_text(encoding="utf-8").splitlines() if line.strip()]
+    examples = []
+    for r in rows:
+        for choice in r["choices"]:
+            messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{r['text']}\n{SHORT_ANSWER_SUFFIX}"},
+                        {"role": "assistant", "content": str(choice)}]
+            ids, labels = tokenize_with_labels(tokenizer, expand_images(TEMPLATES["chat"](tokenizer, messages), grid))
+            examples.append({"input_ids": ids, "labels": labels, "slots": scene_slots(scenes[r["image"]], tokenizer)})
+    scores = []
+    for start in range(0, len(examples), batch_size):
+        batch = collate_scenes(examples[start:start + batch_size], tokenizer.pad_token_id)
+        embed = reader.lm.get_input_embeddings()
+        slots = (embed(batch["slot_words"]) * (batch["slot_words"] > 0).unsqueeze(-1)).sum(-2)
+        is_slot = (batch["input_ids"] == reader.image_token_id).unsqueeze(-1)
+        embeds = embed(batch["input_ids"]).masked_scatter(is_slot, slots[batch["slot_valid"]])
+        logits = reader.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores += ((logp * keep).sum(-1) / keep.sum(-1)).tolist()
+    right: dict[str, list[bool]] = {}
+    k = 0
+    for r in rows:
+        mine = scores[k:k + len(r["choices"])]
+        k += len(r["choices"])
+        right.setdefault(r.get("category") or "all", []).append(r["choices"][mine.index(max(mine))] == r["answer"])
+    return {c: sum(v) / len(v) for c, v in right.items()}
+
+
 class _RegionProbe(torch.nn.Module):
-    """Vision tower + linear probes reading colour/shape/size of each 3x3 grid region."""
-    def __init__(self, tower, image_size: int, n_colours: int, n_shapes: int, n_sizes: int):
+    """Vision tower + linear probes reading attributes (one head per entry of `classes`: its number of
+    values) of each 3x3 grid region."""
+    def __init__(self, tower, image_size: int, *classes: int):
         super().__init__()
         self.tower = tower
         patch = tower.config.patch_size
@@ -162,9 +207,9 @@ class _RegionProbe(torch.nn.Module):
         onehot = torch.nn.functional.one_hot(region, 9).float()  # [patches, regions]
         self.register_buffer("assign", (onehot / onehot.sum(0)).T)  # mean over each region's patches
         hidden = tower.config.hidden_size
-        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n + 1) for n in (n_colours, n_shapes, n_sizes))
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n + 1) for n in classes)
 
-    def forward(self, pixel_values, labels):  # labels [batch, 9, 3], 0 = empty region
+    def forward(self, pixel_values, labels):  # labels [batch, 9, attributes], 0 = empty region
         tokens = self.tower(pixel_values).last_hidden_state
         tokens = tokens[:, -self.assign.shape[1]:]  # patch tokens (drop a CLS if any)
         regions = torch.einsum("rp,bph->brh", self.assign, tokens)
@@ -173,32 +218,33 @@ class _RegionProbe(torch.nn.Module):
         return {"loss": loss}
 
 
+# what the stand-in encoder is pretrained to tell apart per region: not size, which the fine-detail
+# questions ask ("Is the red circle small or large?"), so that what the LLaVA model learns of size
+# comes from the pixels through training, not from a feature made for the question (issue 27)
+VISION_ATTRIBUTES = {"colour": COLOUR_NAMES, "shape": SHAPES}
+
+
 def pretrain_vision(vision_dir: str | Path, world_dir: str | Path, steps: int = 200, seed: int = 0,
                     batch_size: int = 64, learning_rate: float = 2e-3) -> float:
     """Give the tiny encoder local features, as a real encoder arrives pretrained.
 
-    Probes on patch tokens pooled per 3x3 grid region learn each region's object colour,
-    shape and size from the world's training scenes (HF Trainer). Saves back into
-    `vision_dir`; returns the final training loss. Validation images are never seen.
+    Probes on patch tokens pooled per 3x3 grid region learn each region's object colour and
+    shape (`VISION_ATTRIBUTES`; not its size) from the world's training scenes (HF Trainer).
+    Saves back into `vision_dir`; returns the final training loss. Validation images are never seen.
     """
-
-
-
     tower = AutoModel.from_pretrained(vision_dir)
     processor = AutoImageProcessor.from_pretrained(vision_dir)
     scenes = {k: v for k, v in load_scenes(world_dir).items() if k.startswith("train")}
-    vocab = [list(COLOUR_NAMES), list(SHAPES), list(SIZES)]
+    vocab = {k: list(v) for k, v in VISION_ATTRIBUTES.items()}
     examples = []
     for name, scene in scenes.items():
-        labels = torch.zeros(9, 3, dtype=torch.long)
+        labels = torch.zeros(9, len(vocab), dtype=torch.long)
         for obj in scene["objects"]:
-            labels[obj["region"]] = torch.tensor([v.index(obj[k]) + 1 for v, k in zip(vocab, ("colour", "shape", "size"))])
+            labels[obj["region"]] = torch.tensor([values.index(obj[k]) + 1 for k, values in vocab.items()])
         with Image.open(Path(world_dir) / "images" / name) as img:
             pixels = processor(img.convert("RGB"), return_tensors="pt")["pixel_values"][0]
         examples.append({"pixel_values": pixels, "labels": labels})
-    probe = _RegionProbe(tower, tower.config.image_size, *map(len, vocab))
+    probe = _RegionProbe(tower, tower.config.image_size, *map(len, vocab.values()))
     loss = _train(probe, examples, steps, batch_size, learning_rate, seed)
     tower.save_pretrained(vision_dir)
     return loss
-
-

@@ -41,6 +41,9 @@ POSITIONS: list[str] = [
 ]
 NUMBER_WORDS: list[str] = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 QUESTION_TYPES: list[str] = ["colour", "shape", "count", "position", "existence"]
+# held-out fine-detail questions (val/fine.jsonl): each needs a detail that stage-1 captions
+# (`short_caption`: the objects' colours and shapes only) never state
+FINE_TYPES: list[str] = ["size"]
 
 MMBENCH_L2 = {
     "colour": "perception",
@@ -70,7 +73,7 @@ SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, IMAGE_TOKEN]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, IMAGE_ID = range(5)
 
 # streams of the seed sequence (train and val images come from separate streams)
-_S_TRAIN_SCENE, _S_VAL_SCENE, _S_TRAIN_TEXT, _S_TEXT_ONLY, _S_VAL_QA, _S_VAL_MC, _S_VAL_POPE = range(1, 8)
+_S_TRAIN_SCENE, _S_VAL_SCENE, _S_TRAIN_TEXT, _S_TEXT_ONLY, _S_VAL_QA, _S_VAL_MC, _S_VAL_POPE, _S_VAL_FINE = range(1, 9)
 
 
 @dataclass

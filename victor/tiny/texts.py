@@ -16,6 +16,7 @@ from victor.tiny.scenes import (
     QUESTION_TYPES,
     SHAPE_PLURALS,
     SHAPES,
+    SIZES,
     WorldConfig,
 )
 
@@ -191,6 +192,33 @@ def open_question(scene: dict, qtype: str, rng: np.random.Generator,
     raise ValueError(qtype)
 
 
+def size_question(obj: dict, rng: np.random.Generator) -> tuple[str, str, list[str]]:
+    """ "Is the red circle small or large?" (choices in either order), its answer and the two choices."""
+    order = _pick(rng, ["small or large", "large or small"])
+    return f"Is the {obj['colour']} {obj['shape']} {order}?", obj["size"], list(SIZES)
+
+
+def fine_question(scene: dict, ftype: str, rng: np.random.Generator,
+                  want: str | None = None) -> tuple[str, str, list[str]] | None:
+    """One held-out fine-detail question (type in `FINE_TYPES`), its answer and the two choices a
+    model's likelihood picks from, or None when the scene cannot pose it (with ``want``: so that
+    the answer is ``want``). Each needs a detail stage-1 captions never state (they name colours
+    and shapes only) and both choices are plausible without it:
+
+    * size: "Is the red circle small or large?" -> small / large (the object named by colour and
+      shape, so the model has to find it among the image's objects and read its size).
+
+    Relative position ("Is the red circle left or right of the blue square?") and colour at a
+    named position were tried and left out: the tiny LLM reading the ground-truth scene slots
+    (`victor.tiny.pretrain.SceneReader`) answers them at chance (48% and 58% after 1000
+    pretraining steps, against 80% for size), so they measure the tiny LLM, not stage 1.5.
+    """
+    if ftype == "size":
+        pool = [o for o in scene["objects"] if want is None or o["size"] == want]
+        return size_question(pool[int(rng.integers(len(pool)))], rng) if pool else None
+    raise ValueError(ftype)
+
+
 def mc_question(scene: dict, qtype: str, rng: np.random.Generator, cfg: WorldConfig,
                 want: str | None = None, two_option: bool = False,
                 freq: dict | None = None) -> tuple[str, list[str], int]:
@@ -230,10 +258,13 @@ def _human(question: str, rng: np.random.Generator, first: bool, last_prob: floa
 
 def _stage2_record(name: str, scene: dict, rng: np.random.Generator, cfg: WorldConfig, freq: dict) -> dict:
     # mostly multi-turn open questions: several supervised answers per image and step
-    kind = _pick(rng, ["open"] * 3 + ["mc"] * 6 + ["pope"] * 2 + ["multi"] * 9)
+    kind = _pick(rng, ["open"] * 3 + ["mc"] * 6 + ["pope"] * 2 + ["multi"] * 9 + ["fine"] * 8)
     convs: list[dict] = []
     qtypes: list[str] = []
-    if kind == "open":
+    if kind == "fine":  # the size of every object, in a random order
+        turns = [(q + "\n" + SHORT_ANSWER_SUFFIX, a, "size") for q, a, _ in
+                 (size_question(scene["objects"][int(i)], rng) for i in rng.permutation(len(scene["objects"])))]
+    elif kind == "open":
         qt = _pick(rng, QUESTION_TYPES)
         q, a = open_question(scene, qt, rng, freq=freq)
         turns = [(q + "\n" + SHORT_ANSWER_SUFFIX, a, qt)]

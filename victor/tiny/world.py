@@ -9,10 +9,11 @@ evaluators that serve real data serve the tiny world unchanged:
     out_dir/images/{train|val}_{i:05d}.png
     out_dir/train/stage1.json      short captions            (LLaVA conversation JSON)
     out_dir/train/stage15.json     detailed captions         (LLaVA conversation JSON)
-    out_dir/train/stage2.json      instructions, multi-turn, ~5% text-only
+    out_dir/train/stage2.json      instructions, multi-turn (some asking every object's size), ~5% text-only
     out_dir/val/qa.json            open questions, balanced over the 5 question types
     out_dir/val/mmbench.tsv        multiple choice, MMBench TSV layout with circular copies
     out_dir/val/pope/coco_pope_{random,popular,adversarial}.json   POPE JSONL layout
+    out_dir/val/fine.jsonl         fine-detail questions with two choices each (GQA JSONL + choices)
     out_dir/scenes.json            ground-truth scene of every image (objects, background)
     out_dir/meta.json              config, counts, vocabulary, file list
 
@@ -46,6 +47,7 @@ from victor.tiny.scenes import (
     _S_TEXT_ONLY,
     _S_TRAIN_SCENE,
     _S_TRAIN_TEXT,
+    _S_VAL_FINE,
     _S_VAL_MC,
     _S_VAL_POPE,
     _S_VAL_QA,
@@ -56,6 +58,7 @@ from victor.tiny.scenes import (
     COLOURS,
     DETAIL_PROMPTS,
     EOS,
+    FINE_TYPES,
     MC_HINTS,
     MMBENCH_L2,
     NUMBER_WORDS,
@@ -81,11 +84,17 @@ from victor.tiny.texts import (
     _stage2_record,
     _text_only_record,
     detailed_caption,
+    fine_question,
     mc_question,
     negative_objects,
     open_question,
     short_caption,
 )
+
+# bump when generate_world writes different files for the same config (ensure_world then rebuilds);
+# 2: val/fine.jsonl (every earlier file unchanged, byte for byte); 3: stage 2 also asks the size of
+# every object of some images ("Is the red circle small or large?", the fine-detail questions' kind)
+WORLD_VERSION = 3
 
 
 @dataclass
@@ -98,6 +107,7 @@ class WorldPaths:
     val_qa: Path
     mmbench: Path
     gqa: Path
+    fine: Path
     pope: dict[str, Path] = field(default_factory=dict)
     scenes: Path | None = None
     meta: Path | None = None
@@ -114,13 +124,14 @@ class WorldPaths:
             val_qa=root / "val" / "qa.json",
             mmbench=root / "val" / "mmbench.tsv",
             gqa=root / "val" / "gqa.jsonl",
+            fine=root / "val" / "fine.jsonl",
             pope={k: root / "val" / "pope" / f"coco_pope_{k}.json" for k in POPE_KINDS},
             scenes=root / "scenes.json",
             meta=root / "meta.json",
         )
 
     def data_files(self) -> list[Path]:
-        return [self.stage1, self.stage15, self.stage2, self.val_qa, self.mmbench, self.gqa,
+        return [self.stage1, self.stage15, self.stage2, self.val_qa, self.mmbench, self.gqa, self.fine,
                 *self.pope.values(), self.scenes, self.meta]
 
 
@@ -261,6 +272,23 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
     for kind in POPE_KINDS:
         _dump_jsonl(paths.pope[kind], pope[kind])
 
+    # ---- fine-detail questions: every type the image can pose; two-way answers kept balanced
+    fine: list[dict] = []
+    answered: dict[str, Counter] = {t: Counter() for t in FINE_TYPES}
+    two_way = {"size": tuple(SIZES)}
+    for i, scene in enumerate(val_scenes):
+        rng = _rng(cfg.seed, _S_VAL_FINE, i)
+        for ft in FINE_TYPES:
+            wants = sorted(two_way[ft], key=lambda a: answered[ft][a]) if ft in two_way else [None]
+            got = next((g for g in (fine_question(scene, ft, rng, want=w) for w in wants) if g), None)
+            if got is None:
+                continue
+            q, a, choices = got
+            answered[ft][a] += 1
+            fine.append({"question_id": f"val_fine_{len(fine):05d}", "image": f"val_{i:05d}.png", "text": q,
+                         "answer": a, "category": ft, "choices": choices})
+    _dump_jsonl(paths.fine, fine)
+
     _dump_json(paths.stage1, stage1)
     _dump_json(paths.stage15, stage15)
     _dump_json(paths.stage2, stage2)
@@ -275,7 +303,7 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
     root = paths.root
     meta = {
         "name": "victor-tiny-world",
-        "version": 1,
+        "version": WORLD_VERSION,
         "config": asdict(cfg),
         "counts": {
             "train_images": cfg.n_train, "val_images": cfg.n_val,
@@ -283,12 +311,13 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
             "stage2_text_only": n_text, "val_qa": len(qa),
             "val_qa_by_type": dict(Counter(r["question_type"] for r in qa)),
             "mmbench_questions": len(mm_rows), "mmbench_rows": len(mm_rows) + len(circular),
+            "val_fine": len(fine), "val_fine_by_type": dict(Counter(r["category"] for r in fine)),
             **{f"pope_{k}": len(v) for k, v in pope.items()},
         },
         "vocab": {
             "colours": COLOUR_NAMES, "colour_rgb": {k: list(v) for k, v in COLOURS.items()},
             "shapes": SHAPES, "sizes": SIZES, "positions": POSITIONS, "numbers": NUMBER_WORDS,
-            "question_types": QUESTION_TYPES,
+            "question_types": QUESTION_TYPES, "fine_types": FINE_TYPES,
         },
         "object_frequency": {f"{c} {s}": n for (c, s), n in sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))},
         "prompts": {"short_answer_suffix": SHORT_ANSWER_SUFFIX, "mc_suffix": MC_SUFFIX,
@@ -301,6 +330,7 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
             "val_qa": paths.val_qa.relative_to(root).as_posix(),
             "mmbench": paths.mmbench.relative_to(root).as_posix(),
             "pope": {k: v.relative_to(root).as_posix() for k, v in paths.pope.items()},
+            "fine": paths.fine.relative_to(root).as_posix(),
             "scenes": paths.scenes.relative_to(root).as_posix(),
         },
     }
@@ -315,7 +345,8 @@ def ensure_world(out_dir: str | os.PathLike, config: WorldConfig | None = None) 
     try:
         with open(paths.meta, encoding="utf-8") as f:
             meta = json.load(f)
-        if meta.get("config") == asdict(cfg) and all(p.exists() for p in paths.data_files()):
+        if meta.get("config") == asdict(cfg) and meta.get("version") == WORLD_VERSION and \
+                all(p.exists() for p in paths.data_files()):
             return paths
     except (OSError, ValueError):
         pass
@@ -329,7 +360,10 @@ def load_scenes(out_dir: str | os.PathLike) -> dict[str, dict]:
 
 
 def world_texts(out_dir: str | os.PathLike) -> Iterator[str]:
-    """Every string of the world: conversation turns, questions, answers, options, hints."""
+    """Every string of the world: conversation turns, questions, answers, options, hints.
+
+    The held-out fine-detail questions (`val/fine.jsonl`) are left out: stage 2 asks the same
+    kind of question about the training images, so their words are training words (a test checks)."""
     paths = WorldPaths.at(out_dir)
     for p in (paths.stage1, paths.stage15, paths.stage2):
         with open(p, encoding="utf-8") as f:
@@ -414,9 +448,10 @@ def build_tokenizer(texts: Iterable[str], save_dir: str | os.PathLike | None = N
 
 
 __all__ = [
-    "WorldConfig", "WorldPaths", "generate_world", "ensure_world", "load_scenes", "world_texts",
+    "WORLD_VERSION", "WorldConfig", "WorldPaths", "generate_world", "ensure_world", "load_scenes", "world_texts",
     "build_tokenizer",
     "sample_scene", "render_scene", "short_caption", "detailed_caption", "open_question", "mc_question",
+    "fine_question",
     "format_mc_prompt", "negative_objects", "COLOURS", "COLOUR_NAMES", "SHAPES", "SIZES", "POSITIONS",
-    "NUMBER_WORDS", "QUESTION_TYPES", "SHORT_ANSWER_SUFFIX", "MC_SUFFIX", "MMBENCH_COLUMNS", "SPECIAL_TOKENS",
+    "NUMBER_WORDS", "QUESTION_TYPES", "FINE_TYPES", "SHORT_ANSWER_SUFFIX", "MC_SUFFIX", "MMBENCH_COLUMNS", "SPECIAL_TOKENS",
 ]

@@ -59,12 +59,16 @@ class SceneReader(torch.nn.Module):
         super().__init__()
         self.lm, self.image_token_id = lm, image_token_id
 
-    def forward(self, input_ids, attention_mask, labels, slot_words, slot_valid):
+    def inputs_embeds(self, input_ids, slot_words, slot_valid):
+        """Token embeddings with each image token's place holding its scene slot."""
         embed = self.lm.get_input_embeddings()
         slots = (embed(slot_words) * (slot_words > 0).unsqueeze(-1)).sum(-2)  # [batch, slots, hidden]
         is_slot = (input_ids == self.image_token_id).unsqueeze(-1)
-        embeds = embed(input_ids).masked_scatter(is_slot, slots[slot_valid])
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+        return embed(input_ids).masked_scatter(is_slot, slots[slot_valid])
+
+    def forward(self, input_ids, attention_mask, labels, slot_words, slot_valid):
+        return self.lm(inputs_embeds=self.inputs_embeds(input_ids, slot_words, slot_valid),
+                       attention_mask=attention_mask, labels=labels)
 
 
 def scene_slots(scene: dict, tokenizer) -> list[list[int]]:
@@ -175,10 +179,7 @@ def slot_reader_accuracy(llm_dir: str | Path, world_dir: str | Path, questions: 
     scores = []
     for start in range(0, len(examples), batch_size):
         batch = collate_scenes(examples[start:start + batch_size], tokenizer.pad_token_id)
-        embed = reader.lm.get_input_embeddings()
-        slots = (embed(batch["slot_words"]) * (batch["slot_words"] > 0).unsqueeze(-1)).sum(-2)
-        is_slot = (batch["input_ids"] == reader.image_token_id).unsqueeze(-1)
-        embeds = embed(batch["input_ids"]).masked_scatter(is_slot, slots[batch["slot_valid"]])
+        embeds = reader.inputs_embeds(batch["input_ids"], batch["slot_words"], batch["slot_valid"])
         logits = reader.lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         keep = labels != IGNORE

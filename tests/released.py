@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import make_tokenizer
+from helpers import make_tokenizer
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tokenizer
+from helpers import make_tokenizer
 from PIL import Image
 from transformers import (
     AutoModel,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tokenizer
+from helpers import make_tokenizer
 from PIL import Image
 from released import POOL_ROWS, fake_tokenizer, write_released
 from safetensors.torch import load_file

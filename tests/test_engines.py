@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
 
-from conftest import corpus_dir, train_stage1
+from helpers import corpus_dir, train_stage1
 
 from victor.train.run import train_from_recipe
 

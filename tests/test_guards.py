@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import corpus_dir
+from helpers import corpus_dir
 from transformers import TrainerCallback
 
 from victor.config import parse_recipe

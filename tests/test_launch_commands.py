@@ -231,7 +231,7 @@ def test_the_first_stage1_and_torchrun_stage15_commands_run_on_the_tiny_recipe(b
 def test_the_readme_zero3_bf16_command_runs_stage15_on_the_tiny_recipe(backbones, tiny_data, tmp_path):
     """The README's one-process ZeRO-3 + bf16 stage 1.5 of the tiny recipe (the 7B recipes' engine
     and precision), run as written but for the tiny data's paths and 2 steps."""
-    from conftest import train_stage1
+    from helpers import train_stage1
 
     s1 = tmp_path / "s1"
     train_stage1(backbones, tiny_data / "d.json", tiny_data / "img", s1, steps=1, batch=4)

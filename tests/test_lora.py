@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 
-from conftest import COLOURS, corpus_dir, train_stage1
+from helpers import COLOURS, corpus_dir, train_stage1
 
 from victor.cli import main
 from victor.config import ConfigError, StageArguments

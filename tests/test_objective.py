@@ -10,7 +10,7 @@ steps) the splits differ exactly where micro-batches have unequal answer lengths
 import json
 
 import pytest
-from conftest import train_stage1
+from helpers import train_stage1
 import torch
 from PIL import Image
 from safetensors.torch import load_file

@@ -3,7 +3,7 @@ import json
 from importlib import resources
 
 import pytest
-from conftest import make_tokenizer
+from helpers import make_tokenizer
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText

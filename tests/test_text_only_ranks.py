@@ -9,7 +9,7 @@ a collective mismatch, NCCL hangs).
 import json
 
 import pytest
-from conftest import train_stage1
+from helpers import train_stage1
 import torch
 from PIL import Image
 from safetensors.torch import load_file

@@ -7,7 +7,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration, TrainerCallback
 
-from conftest import COLOURS
+from helpers import COLOURS
 
 from victor.config import parse_recipe
 from victor.train.run import train_from_recipe, train_stage

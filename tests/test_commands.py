@@ -23,7 +23,8 @@ def victor(*args, cwd=None):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("cmd") / "world"
-    out = victor("synth", "--output", str(root), "--n-train", "12", "--n-val", "4", "--seed", "1")
+    out = victor("synth", "--output", str(root), "--n-train", "12", "--n-val", "4", "--seed", "1",
+                 "--llm-pretrain-steps", "3", "--vision-pretrain-steps", "2")
     listed = dict(re.findall(r"^  (\w+) +(.+)$", out, re.MULTILINE))
     return root, listed
 
@@ -35,6 +36,8 @@ def test_synth_writes_the_world_it_lists(world):
     for name in ("stage1", "stage15", "stage2", "val_qa", "mmbench", "vision", "llm"):
         assert os.path.exists(listed[name]) and listed[name].startswith(str(root)), name
     assert len(json.loads(open(listed["stage1"]).read())) == 12
+    built = json.loads((root / "backbones" / "victor_backbones.json").read_text())
+    assert (built["llm_pretrain_steps"], built["vision_pretrain_steps"]) == (3, 2)
     assert len(list((root / "images").glob("val_*.png"))) == 4
     rows = open(listed["mmbench"], encoding="utf-8").read().splitlines()
     assert rows[0].startswith("index\t") and len(rows) > 4

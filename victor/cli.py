@@ -14,7 +14,8 @@ def _synth(args):
     from victor.tiny.scenes import WorldConfig
 
     cfg = WorldConfig(seed=args.seed, n_train=args.n_train, n_val=args.n_val, image_size=args.image_size)
-    paths, vision, llm = prepare_world(args.output, cfg)
+    paths, vision, llm = prepare_world(args.output, cfg, llm_pretrain_steps=args.llm_pretrain_steps,
+                                       vision_pretrain_steps=args.vision_pretrain_steps)
     print(f"world written to {paths.root}")
     for name in ("stage1", "stage15", "stage2", "val_qa", "mmbench"):
         print(f"  {name:8s} {getattr(paths, name)}")
@@ -304,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-train", type=int, default=2000)
     s.add_argument("--n-val", type=int, default=200)
     s.add_argument("--image-size", type=int, default=64)
+    s.add_argument("--llm-pretrain-steps", type=int, default=300,
+                   help="text pretraining of the tiny LLM on the world's records (0: random weights)")
+    s.add_argument("--vision-pretrain-steps", type=int, default=200,
+                   help="region pretraining of the tiny encoder (0: random weights)")
 
     sub.add_parser("train", help="run one stage from a YAML recipe; --any_option value overrides it")
 

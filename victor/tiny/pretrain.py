@@ -3,7 +3,6 @@ soft tokens (`SceneReader`, `pretrain_llm`), the encoder learns local region fea
 (`pretrain_vision`). Both run on the HF Trainer and save back into the backbone directory."""
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from functools import partial
@@ -158,25 +157,27 @@ def pretrain_llm(llm_dir: str | Path, world_dir: str | Path, steps: int = 300, s
 def slot_reader_accuracy(llm_dir: str | Path, world_dir: str | Path, questions: str | Path,
                          batch_size: int = 32) -> dict[str, float]:
     """Accuracy per category of the tiny LLM reading each image's true scene slots (`SceneReader`)
-    on two-choice questions (GQA JSONL with ``choices``, e.g. the world's ``val/fine.jsonl``): the
-    choice whose answer turn has the higher mean token log-likelihood wins. No encoder or projector
-    comes between the scene and the LLM, so this is what the LLM itself can answer, a ceiling for
-    the LLaVA models built on it."""
-    from victor.eval.prompts import SHORT_ANSWER_SUFFIX
-    from victor.tiny.world import load_scenes
+    on two-choice questions (GQA JSONL with ``choices``, e.g. the world's ``val/fine.jsonl``), read,
+    prompted and decided as `victor eval --scoring likelihood` does (the GQA reader, `candidates`,
+    `decide`: the choice with the higher mean token log-likelihood). No encoder or projector comes
+    between the scene and the LLM, so this is what the LLM itself can answer, a ceiling for the
+    LLaVA models built on it."""
+    from victor.eval.likelihood import candidates, decide
+    from victor.eval.registry import get_benchmark
 
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     reader = SceneReader(AutoModelForCausalLM.from_pretrained(llm_dir).eval(), tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     scenes, grid = load_scenes(world_dir), len(POSITIONS)
-    rows = [json.loads(line) for line in Path(questions).read_text(encoding="utf-8").splitlines() if line.strip()]
-    examples = []
-    for r in rows:
-        for choice in r["choices"]:
-            messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{r['text']}\n{SHORT_ANSWER_SUFFIX}"},
-                        {"role": "assistant", "content": str(choice)}]
+    spec = get_benchmark("gqa")
+    items = spec.load(questions, WorldPaths.at(world_dir).images)
+    examples, owners = [], []
+    for item in items:
+        for cand, text in candidates(spec, item).items():
+            messages = [{"role": "user", "content": f"{IMAGE_TOKEN}\n{item.prompt}"}, {"role": "assistant", "content": text}]
             ids, labels = tokenize_with_labels(tokenizer, expand_images(TEMPLATES["chat"](tokenizer, messages), grid))
-            examples.append({"input_ids": ids, "labels": labels, "slots": scene_slots(scenes[r["image"]], tokenizer)})
-    scores = []
+            examples.append({"input_ids": ids, "labels": labels, "slots": scene_slots(scenes[Path(item.image).name], tokenizer)})
+            owners.append((item.id, cand))
+    scores: dict[str, dict] = {item.id: {} for item in items}
     for start in range(0, len(examples), batch_size):
         batch = collate_scenes(examples[start:start + batch_size], tokenizer.pad_token_id)
         embeds = reader.inputs_embeds(batch["input_ids"], batch["slot_words"], batch["slot_valid"])
@@ -184,13 +185,12 @@ def slot_reader_accuracy(llm_dir: str | Path, world_dir: str | Path, questions: 
         labels = batch["labels"][:, 1:]
         keep = labels != IGNORE
         logp = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores += ((logp * keep).sum(-1) / keep.sum(-1)).tolist()
+        for (item_id, cand), total, n in zip(owners[start:start + batch_size], (logp * keep).sum(-1), keep.sum(-1)):
+            scores[item_id][cand] = [float(total), int(n)]
     right: dict[str, list[bool]] = {}
-    k = 0
-    for r in rows:
-        mine = scores[k:k + len(r["choices"])]
-        k += len(r["choices"])
-        right.setdefault(r.get("category") or "all", []).append(r["choices"][mine.index(max(mine))] == r["answer"])
+    for item in items:
+        right.setdefault(item.meta.get("category") or "all", []).append(
+            decide(item, scores[item.id])["prediction"] == item.answer)
     return {c: sum(v) / len(v) for c, v in right.items()}
 
 

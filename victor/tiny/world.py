@@ -272,19 +272,16 @@ def generate_world(out_dir: str | os.PathLike, config: WorldConfig | None = None
     for kind in POPE_KINDS:
         _dump_jsonl(paths.pope[kind], pope[kind])
 
-    # ---- fine-detail questions: every type the image can pose; two-way answers kept balanced
+    # ---- fine-detail questions: one per image and type, the answer given less often so far asked first
+    # (a scene without an object of that size poses the other), so small and large stay balanced
     fine: list[dict] = []
-    answered: dict[str, Counter] = {t: Counter() for t in FINE_TYPES}
-    two_way = {"size": tuple(SIZES)}
+    answered: Counter = Counter()
     for i, scene in enumerate(val_scenes):
         rng = _rng(cfg.seed, _S_VAL_FINE, i)
         for ft in FINE_TYPES:
-            wants = sorted(two_way[ft], key=lambda a: answered[ft][a]) if ft in two_way else [None]
-            got = next((g for g in (fine_question(scene, ft, rng, want=w) for w in wants) if g), None)
-            if got is None:
-                continue
-            q, a, choices = got
-            answered[ft][a] += 1
+            wants = sorted(SIZES, key=lambda a: answered[ft, a])
+            q, a, choices = next(g for g in (fine_question(scene, ft, rng, want=w) for w in wants) if g)
+            answered[ft, a] += 1
             fine.append({"question_id": f"val_fine_{len(fine):05d}", "image": f"val_{i:05d}.png", "text": q,
                          "answer": a, "category": ft, "choices": choices})
     _dump_jsonl(paths.fine, fine)

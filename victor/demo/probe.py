@@ -30,7 +30,8 @@ from victor.model.assemble import load_model
 from victor.tiny.scenes import COLOUR_NAMES, SHAPES, SIZES
 from victor.tiny.world import WorldPaths, load_scenes
 
-ATTRIBUTES = ("occupancy", "colour", "shape", "size")  # size: asked by the fine-detail questions
+VALUES = {"colour": COLOUR_NAMES, "shape": SHAPES, "size": SIZES}  # size: asked by the fine-detail questions
+ATTRIBUTES = ("occupancy", *VALUES)
 PROMPT = "Describe the image in detail."
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -73,12 +74,11 @@ def probe(x_fit, y_fit, x_test, y_test, n_classes: int, folds: int = 5, seed: in
 
 def region_labels(scene: dict) -> dict[str, list[int]]:
     """Per region (row-major): occupancy 0/1, colour, shape and size index (-1 where empty)."""
-    colour, shape, size = [-1] * 9, [-1] * 9, [-1] * 9
+    labels = {attr: [-1] * 9 for attr in VALUES}
     for obj in scene["objects"]:
-        colour[obj["region"]] = COLOUR_NAMES.index(obj["colour"])
-        shape[obj["region"]] = SHAPES.index(obj["shape"])
-        size[obj["region"]] = SIZES.index(obj["size"])
-    return {"occupancy": [int(c >= 0) for c in colour], "colour": colour, "shape": shape, "size": size}
+        for attr, values in VALUES.items():
+            labels[attr][obj["region"]] = values.index(obj[attr])
+    return {"occupancy": [int(c >= 0) for c in labels["colour"]], **labels}
 
 
 def split_images(world: WorldPaths) -> tuple[list[str], list[str]]:
@@ -128,7 +128,7 @@ def probe_model(model_dir: str | Path, world: WorldPaths, fit: list[str], score:
             y = labels[attr]
             keep = y >= 0
             fit_mask, test_mask = keep & is_fit[:, None], keep & ~is_fit[:, None]
-            n_classes = {"occupancy": 2, "colour": len(COLOUR_NAMES), "shape": len(SHAPES), "size": len(SIZES)}[attr]
+            n_classes = len(VALUES[attr]) if attr in VALUES else 2  # occupancy: 0/1
             r = probe(x[fit_mask], y[fit_mask], x[test_mask], y[test_mask], n_classes)
             r["correct"] = dict(zip(units[test_mask].tolist(), r["correct"].astype(float).tolist()))
             results[name][attr] = r
